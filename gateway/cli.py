@@ -1,0 +1,197 @@
+"""Command line: run, check, status, demo, instance.
+
+    protocol-gateway config.ini                  run every section (same as `run config.ini`)
+    protocol-gateway check config.ini            validate only; exit 0, or 2 with every error
+    protocol-gateway run config.ini --print-config
+    protocol-gateway status config.ini           the running gateway's transports, as a table
+    protocol-gateway demo                        simulators + gateway, no hardware
+    protocol-gateway instance N start|stop|...   background instances (docs/deployment.md)
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import time
+import urllib.error
+import urllib.request
+from typing import Any
+
+from gateway import logs, status_http
+from gateway.config import ConfigError, GatewayConfig, effective_settings, load_config, render_ini
+
+EXIT_CONFIG = 2
+COMMANDS = ("run", "check", "status", "demo", "instance")
+
+
+def http_port(config: GatewayConfig) -> int:
+    """The status API's port for this instance (base + N*100), 0 when off."""
+    base = config.general.http_port
+    return 0 if base == 0 else base + 100 * config.general.instance
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="protocol-gateway", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command")
+
+    def common(p: argparse.ArgumentParser) -> None:
+        p.add_argument("config", help="the INI file")
+        p.add_argument("--set", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                       help="override one setting (repeatable; wins over file and environment)")
+        p.add_argument("--instance", type=int, default=None,
+                       help="instance number N: ports at base + N*100, own state and pid files")
+
+    run = sub.add_parser("run", help="run the gateway")
+    common(run)
+    run.add_argument("--print-config", action="store_true",
+                     help="print the effective settings (secrets masked) and exit")
+    check = sub.add_parser("check", help="validate the configuration and exit")
+    common(check)
+    status = sub.add_parser("status", help="show the running gateway's transports")
+    common(status)
+    demo = sub.add_parser("demo", help="run simulators and the gateway on a demo configuration")
+    demo.add_argument("--duration", type=float, default=0.0,
+                      help="stop after this many seconds (default: run until Ctrl-C)")
+    demo.add_argument("--dir", default="", help="where to put the demo's files (default: temp)")
+    demo.add_argument("--instance", type=int, default=0)
+    sub.add_parser("instance", help="manage background instances (see docs/deployment.md)",
+                   add_help=False)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args_list = list(sys.argv[1:] if argv is None else argv)
+    if args_list and args_list[0] == "instance":
+        from gateway.instance_cli import main_instance
+
+        return main_instance(args_list[1:])
+    if args_list and args_list[0] not in COMMANDS and not args_list[0].startswith("-"):
+        args_list.insert(0, "run")
+    parser = _parser()
+    args = parser.parse_args(args_list)
+    if args.command is None:
+        parser.print_help()
+        return EXIT_CONFIG
+    if args.command == "demo":
+        from gateway.demo import run_demo
+
+        return run_demo(args.duration, args.dir, args.instance)
+    try:
+        config = load_config(args.config, sets=args.set, instance=args.instance)
+    except ConfigError as exc:
+        print(f"configuration has {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.command == "check":
+        print(f"{args.config}: OK ({len(config.transports)} transports: "
+              f"{', '.join(f'{n} ({t.kind})' for n, t in config.transports.items())})")
+        return 0
+    if args.command == "status":
+        return print_status(config)
+    if args.print_config:
+        print(render_ini(effective_settings(config)), end="")
+        return 0
+    return run_gateway(config)
+
+
+def run_gateway(config: GatewayConfig, notifier: Any = None) -> int:
+    """Run until SIGTERM/SIGINT; return the process exit code."""
+    log = logs.setup("supervisor", config.general.log_level, config.general.log_file)
+    if notifier is None:
+        try:
+            from gateway.sd_notify import Notifier
+        except ImportError:
+            notifier = None
+        else:
+            notifier = Notifier.from_env()
+    if not config.transports:
+        log.error("%s has no transport sections: nothing to run", config.source)
+        return EXIT_CONFIG
+    if len(config.transports) == 1:
+        return asyncio.run(_run_single(config, notifier, log))
+    from gateway.supervisor import Supervisor
+
+    supervisor = Supervisor(config, notifier)
+
+    async def main_async() -> int:
+        runner = await status_http.start(lambda: [s.public() for s in supervisor.slots.values()],
+                                         config.general.http_host, http_port(config))
+        try:
+            return await supervisor.run()
+        finally:
+            if runner is not None:
+                await runner.cleanup()
+
+    return asyncio.run(main_async())
+
+
+async def _run_single(config: GatewayConfig, notifier: Any, log: logging.Logger) -> int:
+    """One transport: run it right here, no processes, no pipes."""
+    from gateway.runner import TransportHost
+
+    (tc,) = config.transports.values()
+    tlog = logs.setup(tc.name, config.general.log_level, config.general.log_file)
+    host = TransportHost(tc, config.general, tlog, outbox=None)
+    loop = asyncio.get_running_loop()
+    started = time.monotonic()
+
+    def stop(sig: int) -> None:
+        tlog.info("received %s: stopping", signal.Signals(sig).name)
+        if notifier is not None:
+            notifier.stopping()
+        host.stop_requested.set()
+
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, stop, sig)
+
+    def snapshot() -> list[dict[str, Any]]:
+        stats = host.stats()
+        return [{"name": tc.name, "kind": tc.kind,
+                 "state": "stopped" if host.stop_requested.is_set() else "running",
+                 "pid": None, "restarts": 0, "envelopes_in": stats["envelopes_in"],
+                 "envelopes_out": stats["envelopes_out"], "dropped": stats["dropped"],
+                 "errors": stats["errors"], "last_error": stats["last_error"],
+                 "exit_code": None, "uptime": round(time.monotonic() - started, 1)}]
+
+    runner = await status_http.start(snapshot, config.general.http_host, http_port(config))
+    if notifier is not None:
+        notifier.ready()
+        notifier.status(f"1 transport: {tc.name} running in-process")
+    try:
+        code = await host.serve()
+    finally:
+        if runner is not None:
+            await runner.cleanup()
+    del log
+    return code
+
+
+def print_status(config: GatewayConfig) -> int:
+    port = http_port(config)
+    url = f"http://{config.general.http_host}:{port}/api/transports"
+    try:
+        with urllib.request.urlopen(url, timeout=5) as response:
+            body = json.load(response)
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        print(f"no gateway answering at {url}: {exc}", file=sys.stderr)
+        return 1
+    rows = [("TRANSPORT", "KIND", "STATE", "PID", "RESTARTS", "IN", "OUT", "DROPPED",
+             "LAST ERROR")]
+    for t in body.get("transports", []):
+        rows.append((t["name"], t["kind"], t["state"], str(t.get("pid") or "-"),
+                     str(t["restarts"]), str(t["envelopes_in"]), str(t["envelopes_out"]),
+                     str(t.get("dropped", 0)), t.get("last_error") or ""))
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,325 @@
+"""INI file + environment + ``--set`` -> one validated, typed :class:`GatewayConfig`.
+
+``check`` and ``run`` call the same :func:`load_config`; every problem found is collected
+(not just the first) as a :class:`ConfigProblem` naming file, line, section and key and saying
+what was expected. Nothing here raises a traceback at a user for a malformed file.
+
+Precedence, later wins: the INI file, then ``PGW_<SECTION>_<KEY>`` environment variables
+(section and key upper-cased, every character other than a letter or digit replaced by ``_``,
+e.g. ``PGW_TRANSPORT_0_READ_INTERVAL``), then ``--set section.key=value`` (the last dot splits
+section from key, so ``--set transport.0.read_interval=5`` works).
+"""
+
+from __future__ import annotations
+
+import configparser
+import difflib
+import os
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel, SecretStr, ValidationError
+
+import transports
+from gateway.settings import GeneralSettings, TransportSettings
+
+GENERAL = "general"
+ENV_PREFIX = "PGW_"
+
+
+@dataclass(frozen=True)
+class ConfigProblem:
+    """One thing wrong with the configuration, said so that a person can fix it."""
+
+    source: str
+    section: str
+    key: str
+    message: str
+    line: int | None = None
+
+    def __str__(self) -> str:
+        where = self.source + (f":{self.line}" if self.line else "")
+        place = f"[{self.section}]" if self.section else ""
+        if self.key:
+            place += f" {self.key}"
+        return f"{where}: {place}: {self.message}" if place else f"{where}: {self.message}"
+
+
+class ConfigError(Exception):
+    """The configuration has problems; ``problems`` lists all of them."""
+
+    def __init__(self, problems: Sequence[ConfigProblem]) -> None:
+        self.problems = list(problems)
+        super().__init__("\n".join(str(p) for p in self.problems))
+
+
+@dataclass(frozen=True)
+class TransportConfig:
+    name: str
+    kind: str
+    settings: TransportSettings
+
+
+@dataclass(frozen=True)
+class GatewayConfig:
+    source: str
+    general: GeneralSettings
+    transports: dict[str, TransportConfig] = field(default_factory=dict)
+
+    def targets_of(self, name: str) -> tuple[str, ...]:
+        return self.transports[name].settings.bridge
+
+    def sources_of(self, name: str) -> list[str]:
+        return [n for n, t in self.transports.items() if name in t.settings.bridge]
+
+
+def env_name(section: str, key: str) -> str:
+    return ENV_PREFIX + _norm(section) + "_" + _norm(key)
+
+
+def _norm(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9]", "_", text).upper()
+
+
+def _line_index(text: str) -> dict[tuple[str, str], int]:
+    """(section, key) -> line number, and (section, "") -> the header's line."""
+    index: dict[tuple[str, str], int] = {}
+    section = ""
+    for number, line in enumerate(text.splitlines(), start=1):
+        stripped = line.strip()
+        if not stripped or stripped[0] in "#;":
+            continue
+        header = re.match(r"^\[([^\]]+)\]", stripped)
+        if header:
+            section = header.group(1).strip()
+            index.setdefault((section, ""), number)
+        elif not line[0].isspace():
+            key = re.split(r"[=:]", stripped, maxsplit=1)[0].strip().lower()
+            index.setdefault((section, key), number)
+    return index
+
+
+def read_ini(path: str | Path) -> tuple[dict[str, dict[str, str]], dict[tuple[str, str], int]]:
+    """Parse the INI file into plain strings, turning parser errors into problems."""
+    source = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError([ConfigProblem(source, "", "", "file not found")]) from None
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError([ConfigProblem(source, "", "", f"cannot read: {exc}")]) from None
+    parser = configparser.ConfigParser(interpolation=None, strict=True, default_section="\0")
+    try:
+        parser.read_string(text, source=source)
+    except configparser.MissingSectionHeaderError as exc:
+        raise ConfigError(
+            [ConfigProblem(source, "", "", f"a key before any [section]: {exc.line.strip()!r}",
+                           exc.lineno)]
+        ) from None
+    except configparser.DuplicateSectionError as exc:
+        raise ConfigError(
+            [ConfigProblem(source, exc.section, "", "section appears twice", exc.lineno)]
+        ) from None
+    except configparser.DuplicateOptionError as exc:
+        raise ConfigError(
+            [ConfigProblem(source, exc.section, exc.option, "key appears twice in the section",
+                           exc.lineno)]
+        ) from None
+    except configparser.ParsingError as exc:
+        problems = [
+            ConfigProblem(source, "", "", f"cannot parse line: {line.strip()!r}", lineno)
+            for lineno, line in exc.errors
+        ]
+        raise ConfigError(problems) from None
+    except configparser.Error as exc:
+        raise ConfigError([ConfigProblem(source, "", "", str(exc))]) from None
+    raw = {name: dict(parser[name]) for name in parser.sections()}
+    return raw, _line_index(text)
+
+
+def apply_overrides(
+    raw: dict[str, dict[str, str]],
+    environ: Mapping[str, str],
+    sets: Sequence[str],
+    source: str,
+) -> list[ConfigProblem]:
+    """Overlay environment variables, then ``--set`` values, onto ``raw`` (in place)."""
+    problems: list[ConfigProblem] = []
+    sections = sorted(set(raw) | {GENERAL}, key=len, reverse=True)
+    for name, value in sorted(environ.items()):
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX):]
+        for section in sections:
+            prefix = _norm(section) + "_"
+            if rest.startswith(prefix) and len(rest) > len(prefix):
+                raw.setdefault(section, {})[rest[len(prefix):].lower()] = value
+                break
+        else:
+            problems.append(ConfigProblem(
+                "environment", "", name, "names no section of the configuration "
+                f"(sections: {', '.join(sorted(raw)) or 'none'})"))
+    for item in sets:
+        target, sep, value = item.partition("=")
+        section, dot, key = target.strip().rpartition(".")
+        if not sep or not dot or not section or not key:
+            problems.append(ConfigProblem(
+                "--set", "", item, "expected section.key=value, e.g. general.log_level=DEBUG"))
+            continue
+        raw.setdefault(section, {})[key.strip().lower()] = value.strip()
+    del source
+    return problems
+
+
+def _explain(model: type[BaseModel], err: dict[str, Any]) -> tuple[str, str]:
+    """A pydantic error -> (key, message that says what was expected and what was given)."""
+    key = str(err["loc"][0]) if err.get("loc") else ""
+    kind = err.get("type", "")
+    given = err.get("input")
+    if kind == "extra_forbidden":
+        known = [k for k in model.model_fields if k != "transport"]
+        close = difflib.get_close_matches(key, known, n=1)
+        hint = f" (did you mean {close[0]!r}?)" if close else ""
+        return key, f"unknown key{hint}; known keys: {', '.join(sorted(known))}"
+    if kind == "missing":
+        return key, "missing required key: " + (
+            model.model_fields[key].description or "see the docs"
+            if key in model.model_fields else "")
+    message = err.get("msg", "invalid value")
+    if isinstance(given, str):
+        shown = "***" if _is_secret(model, key) else repr(given)
+        message += f", got {shown}"
+    return key, message
+
+
+def _is_secret(model: type[BaseModel], key: str) -> bool:
+    info = model.model_fields.get(key)
+    return info is not None and "SecretStr" in repr(info.annotation)
+
+
+def _validate(
+    model: type[BaseModel], values: dict[str, str], source: str, section: str,
+    lines: dict[tuple[str, str], int],
+) -> tuple[BaseModel | None, list[ConfigProblem]]:
+    try:
+        return model.model_validate(values), []
+    except ValidationError as exc:
+        problems = []
+        for err in exc.errors():
+            key, message = _explain(model, err)
+            line = lines.get((section, key)) or lines.get((section, ""))
+            problems.append(ConfigProblem(source, section, key, message, line))
+        return None, problems
+
+
+def load_config(
+    path: str | Path,
+    *,
+    environ: Mapping[str, str] | None = None,
+    sets: Sequence[str] = (),
+    instance: int | None = None,
+) -> GatewayConfig:
+    """Read, overlay and validate; raise :class:`ConfigError` listing every problem."""
+    source = str(path)
+    raw, lines = read_ini(path)
+    problems = apply_overrides(raw, os.environ if environ is None else environ, sets, source)
+    if instance is not None:
+        raw.setdefault(GENERAL, {})["instance"] = str(instance)
+
+    general_model, general_problems = _validate(
+        GeneralSettings, raw.get(GENERAL, {}), source, GENERAL, lines)
+    problems += general_problems
+    registry = transports.load_all()
+    configs: dict[str, TransportConfig] = {}
+    for section, values in raw.items():
+        if section == GENERAL:
+            continue
+        kind = values.get("transport", "").strip()
+        line = lines.get((section, "transport")) or lines.get((section, ""))
+        if not kind:
+            problems.append(ConfigProblem(
+                source, section, "transport",
+                f"missing: every section but [general] names its transport kind "
+                f"(one of {', '.join(sorted(registry))})", line))
+            continue
+        cls = registry.get(kind)
+        if cls is None:
+            close = difflib.get_close_matches(kind, list(registry), n=1)
+            hint = f" (did you mean {close[0]!r}?)" if close else ""
+            problems.append(ConfigProblem(
+                source, section, "transport",
+                f"unknown transport kind {kind!r}{hint}; known: {', '.join(sorted(registry))}",
+                line))
+            continue
+        model, section_problems = _validate(cls.Settings, values, source, section, lines)
+        problems += section_problems
+        if model is not None:
+            assert isinstance(model, TransportSettings)
+            configs[section] = TransportConfig(section, kind, model)
+
+    problems += _cross_check(configs, raw, source, lines)
+    if problems:
+        raise ConfigError(problems)
+    assert isinstance(general_model, GeneralSettings)
+    return GatewayConfig(source, general_model, configs)
+
+
+def _cross_check(
+    configs: dict[str, TransportConfig], raw: dict[str, dict[str, str]], source: str,
+    lines: dict[tuple[str, str], int],
+) -> list[ConfigProblem]:
+    """What no single section can know: bridge targets exist, no resource is claimed twice."""
+    problems: list[ConfigProblem] = []
+    names = set(raw) - {GENERAL}
+    for name, cfg in configs.items():
+        for target in cfg.settings.bridge:
+            if target == name:
+                problems.append(ConfigProblem(source, name, "bridge", "a transport cannot bridge "
+                                              "to itself", lines.get((name, "bridge"))))
+            elif target not in names:
+                problems.append(ConfigProblem(
+                    source, name, "bridge",
+                    f"names section {target!r}, which does not exist (sections: "
+                    f"{', '.join(sorted(names))})", lines.get((name, "bridge"))))
+    owners: dict[tuple[str, str], str] = {}
+    for name, cfg in configs.items():
+        for claim in cfg.settings.claims():
+            if claim in owners:
+                problems.append(ConfigProblem(
+                    source, name, "", f"{claim[0]} {claim[1]} is already used by "
+                    f"[{owners[claim]}]", lines.get((name, ""))))
+            else:
+                owners[claim] = name
+    return problems
+
+
+def effective_settings(config: GatewayConfig) -> dict[str, dict[str, Any]]:
+    """Every section's effective values, secrets masked: what ``--print-config`` shows."""
+
+    def plain(model: BaseModel) -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for key, value in model.model_dump().items():
+            if isinstance(value, SecretStr):
+                out[key] = "***" if value.get_secret_value() else ""
+            elif isinstance(value, (tuple, list)):
+                out[key] = ", ".join(str(v) for v in value)
+            else:
+                out[key] = value
+        return out
+
+    result = {GENERAL: plain(config.general)}
+    for name, cfg in config.transports.items():
+        result[name] = plain(cfg.settings)
+    return result
+
+
+def render_ini(sections: dict[str, dict[str, Any]]) -> str:
+    lines: list[str] = []
+    for section, values in sections.items():
+        lines.append(f"[{section}]")
+        lines += [f"{key} = {value}" for key, value in values.items()]
+        lines.append("")
+    return "\n".join(lines)

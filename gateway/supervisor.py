@@ -1,0 +1,366 @@
+"""The supervisor: one process per transport, restarts by policy, ordered shutdown, routing.
+
+Mechanism only; the restart decision is :func:`gateway.policy.decide`. Start method:
+``forkserver`` by default (documented in docs/architecture.md): a child starts in ~12 ms instead
+of spawn's ~80 ms, and, unlike ``fork``, inherits no threads, sockets or asyncio loop from the
+supervisor. The forkserver is started after a daemon detaches (python-daemon closes every fd).
+
+Per transport a :class:`Slot` holds what outlives its process: the restart history, the queue of
+batches waiting for it, and the batches sent but not yet acknowledged (re-sent to the next
+process after a crash: at-least-once). Two threads per slot move bytes: ``up`` reads the child's
+pipe and routes frames to target slots; ``down`` writes a slot's queue into its child's pipe.
+A full target queue blocks the routing thread of its sources: backpressure reaches the inputs.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import multiprocessing
+import os
+import queue
+import signal
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from multiprocessing.connection import Connection
+from typing import Any
+
+from gateway import channel
+from gateway.config import GatewayConfig, TransportConfig
+from gateway.policy import Failed, History, RestartPolicy, decide
+from gateway.runner import child_main
+
+log = logging.getLogger("supervisor")
+
+RUNNING, RESTARTING, FAILED, STOPPED, STARTING = (
+    "running", "restarting", "failed", "stopped", "starting")
+MAX_UNACKED = 32
+_STOP = object()
+
+
+@dataclass
+class Slot:
+    """One transport's place in the supervisor, across its successive processes."""
+
+    config: TransportConfig
+    state: str = STARTING
+    process: Any = None
+    pid: int | None = None
+    up: Connection | None = None
+    down: Connection | None = None
+    restarts: int = 0
+    history: History = field(default_factory=History)
+    started_at: float = 0.0
+    last_heartbeat: float = 0.0
+    heartbeat_seen: bool = False
+    stats: dict[str, Any] = field(default_factory=dict)
+    last_error: str = ""
+    exit_code: int | None = None
+    dropped_for_target: int = 0
+    queue: queue.Queue[Any] = field(default_factory=lambda: queue.Queue(maxsize=256))
+    unacked: deque[tuple[int, bytes]] = field(default_factory=deque)
+    cond: threading.Condition = field(default_factory=threading.Condition)
+    next_batch: int = 1
+    generation: int = 0
+    restart_handle: asyncio.TimerHandle | None = None
+    reader: threading.Thread | None = None
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+    def public(self) -> dict[str, Any]:
+        return {
+            "name": self.name, "kind": self.config.kind, "state": self.state, "pid": self.pid,
+            "restarts": self.restarts,
+            "envelopes_in": self.stats.get("envelopes_in", 0),
+            "envelopes_out": self.stats.get("envelopes_out", 0),
+            "dropped": self.stats.get("dropped", 0) + self.dropped_for_target,
+            "errors": self.stats.get("errors", 0),
+            "last_error": self.last_error or self.stats.get("last_error", ""),
+            "exit_code": self.exit_code,
+        }
+
+
+def describe_exit(code: int | None) -> str:
+    if code is None:
+        return "still running"
+    if code < 0:
+        try:
+            return f"killed by signal {signal.Signals(-code).name}"
+        except ValueError:
+            return f"killed by signal {-code}"
+    return "exited normally" if code == 0 else f"exited with code {code}"
+
+
+class Supervisor:
+    def __init__(self, config: GatewayConfig, notifier: Any = None) -> None:
+        self.config = config
+        self.general = config.general
+        self.policy = RestartPolicy.from_general(config.general)
+        self.ctx = multiprocessing.get_context(config.general.start_method)
+        if config.general.start_method == "forkserver":
+            self.ctx.set_forkserver_preload(["gateway.runner", "transports"])
+        self.slots = {name: Slot(tc) for name, tc in config.transports.items()}
+        self.notifier = notifier
+        self.loop: asyncio.AbstractEventLoop | None = None
+        self.shutting_down = False
+        self.done = asyncio.Event()
+        self._ready_sent = False
+        self._last_status = ""
+
+    # ----------------------------------------------------------------- processes
+    def start_slot(self, slot: Slot) -> None:
+        if self.shutting_down:
+            return
+        up_r, up_w = self.ctx.Pipe(duplex=False)
+        down_r, down_w = self.ctx.Pipe(duplex=False)
+        process = self.ctx.Process(
+            target=child_main, name=f"pgw-{slot.name}",
+            args=(slot.config, self.general, up_w, down_r), daemon=False)
+        process.start()
+        up_w.close()
+        down_r.close()
+        with slot.cond:
+            slot.process, slot.pid, slot.up, slot.down = process, process.pid, up_r, down_w
+            slot.generation += 1
+            slot.cond.notify_all()
+        slot.state = RUNNING
+        slot.exit_code = None
+        slot.started_at = slot.last_heartbeat = time.monotonic()
+        slot.heartbeat_seen = False
+        assert self.loop is not None
+        self.loop.add_reader(process.sentinel, self._on_exit, slot, process)
+        slot.reader = threading.Thread(target=self._up_loop, args=(slot, up_r), daemon=True,
+                                       name=f"up-{slot.name}")
+        slot.reader.start()
+        log.info("started %s (%s) pid=%d", slot.name, slot.config.kind, process.pid)
+
+    def _on_exit(self, slot: Slot, process: Any) -> None:
+        assert self.loop is not None
+        self.loop.remove_reader(process.sentinel)
+        process.join(0.1)
+        code = process.exitcode
+        ran_for = time.monotonic() - slot.started_at
+        with slot.cond:
+            if slot.process is process:
+                slot.process, slot.pid = None, None
+                if slot.down is not None:
+                    slot.down.close()
+                    slot.down = None
+            slot.cond.notify_all()
+        slot.exit_code = code
+        if self.shutting_down or code == 0:
+            slot.state = STOPPED
+            log.info("%s stopped (%s)", slot.name, describe_exit(code))
+            self._update_status()
+            return
+        slot.last_error = describe_exit(code)
+        decision, slot.history = decide(self.policy, slot.history, ran_for, time.monotonic())
+        if isinstance(decision, Failed):
+            slot.state = FAILED
+            when = (f"retrying in {decision.retry_after:.0f} s" if decision.retry_after
+                    else "not retried")
+            log.error("%s %s after %.1f s; more than %d restarts in %.0f s: marked failed, %s",
+                      slot.name, describe_exit(code), ran_for, self.policy.max_count,
+                      self.policy.window, when)
+            if decision.retry_after:
+                slot.restart_handle = self.loop.call_later(
+                    decision.retry_after, self._restart, slot)
+        else:
+            slot.state = RESTARTING
+            log.warning("%s %s after %.1f s; restarting in %.1f s", slot.name,
+                        describe_exit(code), ran_for, decision.delay)
+            slot.restart_handle = self.loop.call_later(decision.delay, self._restart, slot)
+        self._update_status()
+
+    def _restart(self, slot: Slot) -> None:
+        slot.restart_handle = None
+        if self.shutting_down:
+            return
+        slot.restarts += 1
+        self.start_slot(slot)
+
+    # ----------------------------------------------------------------- routing
+    def _up_loop(self, slot: Slot, conn: Connection) -> None:
+        """Read one child's frames: route batches, record heartbeats and acks."""
+        while True:
+            try:
+                frame = conn.recv_bytes()
+            except (EOFError, OSError):
+                with contextlib.suppress(OSError):
+                    conn.close()
+                return
+            kind = frame[:1]
+            if kind == b"E":
+                self._route(slot, frame)
+            elif kind == b"H":
+                slot.stats = channel.parse_heartbeat(frame)
+                slot.last_heartbeat = time.monotonic()
+                slot.heartbeat_seen = True
+            elif kind == b"A":
+                batch_id = channel.parse_ack(frame)
+                with slot.cond:
+                    while slot.unacked and slot.unacked[0][0] <= batch_id:
+                        slot.unacked.popleft()
+                    slot.cond.notify_all()
+
+    def _route(self, source: Slot, frame: bytes) -> None:
+        name = channel.frame_target(frame)
+        target = self.slots.get(name)
+        if target is None or (target.state in (FAILED, STOPPED) and not self.shutting_down):
+            source.dropped_for_target += 1
+            if source.dropped_for_target == 1 or source.dropped_for_target % 1000 == 0:
+                why = "does not exist" if target is None else f"is {target.state}"
+                log.warning("dropping envelopes from %s: target %s %s (%d batches so far)",
+                            source.name, name, why, source.dropped_for_target)
+            return
+        while True:
+            try:
+                target.queue.put(frame, timeout=0.5)
+                return
+            except queue.Full:
+                if target.state in (FAILED, STOPPED):
+                    source.dropped_for_target += 1
+                    return
+
+    def _down_loop(self, slot: Slot) -> None:
+        """Feed a slot's queue to whichever process is its current one; re-send on restart."""
+        sent_generation = 0
+        while True:
+            with slot.cond:
+                while slot.down is None or len(slot.unacked) >= MAX_UNACKED:
+                    if slot.down is None and slot.state == STOPPED and self.shutting_down:
+                        return
+                    slot.cond.wait(0.5)
+                conn, generation = slot.down, slot.generation
+                resend = [] if generation == sent_generation else list(slot.unacked)
+            try:
+                for batch_id, frame in resend:
+                    conn.send_bytes(channel.batch_frame(batch_id, frame))
+                sent_generation = generation
+                try:
+                    item = slot.queue.get(timeout=0.2)
+                except queue.Empty:
+                    continue
+                if item is _STOP:
+                    conn.send_bytes(channel.STOP_FRAME)
+                    continue
+                with slot.cond:
+                    batch_id = slot.next_batch
+                    slot.next_batch += 1
+                    slot.unacked.append((batch_id, item))
+                conn.send_bytes(channel.batch_frame(batch_id, item))
+            except OSError:
+                # The child died mid-write; its successor gets everything unacknowledged.
+                with slot.cond:
+                    if slot.down is conn:
+                        slot.cond.wait(0.2)
+
+    # ----------------------------------------------------------------- watching
+    async def _watchdog(self) -> None:
+        """Kill a child whose heartbeat stopped: alive but stuck is broken too."""
+        interval = min(1.0, self.general.heartbeat_interval)
+        watchdog = self.notifier.watchdog_interval() if self.notifier else None
+        while not self.shutting_down:
+            now = time.monotonic()
+            for slot in self.slots.values():
+                if slot.state == RUNNING and slot.pid and (
+                        now - slot.last_heartbeat > self.general.heartbeat_timeout):
+                    slot.last_error = (f"no heartbeat for {now - slot.last_heartbeat:.0f} s "
+                                       "(stuck); killed")
+                    log.error("%s pid=%d sent no heartbeat for %.0f s: stuck, killing it",
+                              slot.name, slot.pid, now - slot.last_heartbeat)
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(slot.pid, signal.SIGKILL)
+                    slot.last_heartbeat = now
+            self._update_status()
+            if self.notifier is not None and watchdog:
+                self.notifier.watchdog()
+            await asyncio.sleep(interval)
+
+    def summary(self) -> str:
+        counts: dict[str, int] = {}
+        for slot in self.slots.values():
+            counts[slot.state] = counts.get(slot.state, 0) + 1
+        return ", ".join(f"{n} {s}" for s, n in sorted(counts.items()))
+
+    def _update_status(self) -> None:
+        if self.notifier is None:
+            return
+        if not self._ready_sent and all(
+                s.heartbeat_seen or s.state in (FAILED, STOPPED) for s in self.slots.values()):
+            self._ready_sent = True
+            self.notifier.ready()
+        text = self.summary()
+        if text != self._last_status:
+            self._last_status = text
+            self.notifier.status(f"{len(self.slots)} transports: {text}")
+
+    # ----------------------------------------------------------------- life
+    async def run(self) -> int:
+        self.loop = asyncio.get_running_loop()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            self.loop.add_signal_handler(sig, self.request_shutdown, sig)
+        for slot in self.slots.values():
+            threading.Thread(target=self._down_loop, args=(slot,), daemon=True,
+                             name=f"down-{slot.name}").start()
+        for slot in self.slots.values():
+            self.start_slot(slot)
+        watchdog = asyncio.create_task(self._watchdog())
+        await self.done.wait()
+        watchdog.cancel()
+        return 0
+
+    def request_shutdown(self, sig: int | None = None) -> None:
+        if self.shutting_down:
+            return
+        log.info("received %s: stopping inputs, then outputs",
+                 signal.Signals(sig).name if sig else "stop")
+        if self.notifier is not None:
+            self.notifier.stopping()
+        assert self.loop is not None
+        self.loop.create_task(self.shutdown())
+
+    def stop_order(self) -> list[list[Slot]]:
+        """Inputs (nobody bridges to them) first, then everything that receives."""
+        targets = {t for s in self.slots.values() for t in s.config.settings.bridge}
+        first = [s for s in self.slots.values() if s.name not in targets]
+        rest = [s for s in self.slots.values() if s.name in targets]
+        return [group for group in (first, rest) if group]
+
+    async def shutdown(self) -> None:
+        self.shutting_down = True
+        for slot in self.slots.values():
+            if slot.restart_handle is not None:
+                slot.restart_handle.cancel()
+            if slot.state in (RESTARTING, FAILED, STARTING):
+                slot.state = STOPPED
+        deadline = time.monotonic() + self.general.shutdown_timeout
+        for group in self.stop_order():
+            for slot in group:
+                if slot.process is not None:
+                    await asyncio.to_thread(slot.queue.put, _STOP)
+            await self._wait_exit(group, deadline)
+        log.info("all transports stopped")
+        self.done.set()
+
+    async def _wait_exit(self, group: list[Slot], deadline: float) -> None:
+        def busy(slot: Slot) -> bool:
+            # Exited, and everything it wrote has been read and routed.
+            return slot.process is not None or (
+                slot.reader is not None and slot.reader.is_alive())
+
+        while any(busy(s) for s in group):
+            if time.monotonic() > deadline:
+                for slot in group:
+                    if slot.process is not None and slot.pid:
+                        log.warning("%s did not stop in time: killing pid %d", slot.name,
+                                    slot.pid)
+                        with contextlib.suppress(ProcessLookupError):
+                            os.kill(slot.pid, signal.SIGKILL)
+                deadline = time.monotonic() + 2.0
+            await asyncio.sleep(0.05)
