@@ -274,8 +274,10 @@ def _cross_check(
     """What no single section can know: bridge targets exist, no resource is claimed twice."""
     problems: list[ConfigProblem] = []
     names = set(raw) - {GENERAL}
-    for name, cfg in configs.items():
-        for target in cfg.settings.bridge:
+    for name in sorted(names):
+        for target in (t.strip() for t in raw[name].get("bridge", "").split(",")):
+            if not target:
+                continue
             if target == name:
                 problems.append(ConfigProblem(source, name, "bridge", "a transport cannot bridge "
                                               "to itself", lines.get((name, "bridge"))))

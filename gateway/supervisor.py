@@ -67,6 +67,7 @@ class Slot:
     generation: int = 0
     restart_handle: asyncio.TimerHandle | None = None
     reader: threading.Thread | None = None
+    kill_reason: str = ""
 
     @property
     def name(self) -> str:
@@ -158,7 +159,9 @@ class Supervisor:
             log.info("%s stopped (%s)", slot.name, describe_exit(code))
             self._update_status()
             return
-        slot.last_error = describe_exit(code)
+        prefix = f"{slot.kill_reason}: " if slot.kill_reason else ""
+        slot.last_error = prefix + describe_exit(code)
+        slot.kill_reason = ""
         decision, slot.history = decide(self.policy, slot.history, ran_for, time.monotonic())
         if isinstance(decision, Failed):
             slot.state = FAILED
@@ -270,8 +273,8 @@ class Supervisor:
             for slot in self.slots.values():
                 if slot.state == RUNNING and slot.pid and (
                         now - slot.last_heartbeat > self.general.heartbeat_timeout):
-                    slot.last_error = (f"no heartbeat for {now - slot.last_heartbeat:.0f} s "
-                                       "(stuck); killed")
+                    slot.kill_reason = (f"stuck: no heartbeat for "
+                                        f"{now - slot.last_heartbeat:.0f} s")
                     log.error("%s pid=%d sent no heartbeat for %.0f s: stuck, killing it",
                               slot.name, slot.pid, now - slot.last_heartbeat)
                     with contextlib.suppress(ProcessLookupError):

@@ -1,0 +1,155 @@
+"""Configuration: every error found and named; precedence; secrets masked; no tracebacks."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from gateway.config import ConfigError, effective_settings, load_config, render_ini
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def check(tmp_path: Path, text: str, *args: str, env: dict[str, str] | None = None
+          ) -> subprocess.CompletedProcess[str]:
+    path = tmp_path / "c.ini"
+    path.write_text(text)
+    return subprocess.run([sys.executable, str(ROOT / "protocol_gateway.py"), "check", str(path),
+                           *args], capture_output=True, text=True, timeout=60, env=env)
+
+
+def problems(tmp_path: Path, text: str, **kw) -> list[str]:
+    path = tmp_path / "c.ini"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={}, **kw)
+    return [str(p) for p in info.value.problems]
+
+
+def test_valid_file_checks_ok(tmp_path: Path) -> None:
+    result = check(tmp_path, "[s]\ntransport = system\nbridge = o\n[o]\ntransport = jsonl_out\n")
+    assert result.returncode == 0, result.stderr
+    assert "OK (2 transports" in result.stdout
+
+
+def test_every_error_is_reported_with_file_section_key_and_line(tmp_path: Path) -> None:
+    text = """[general]
+http_port = eighty
+
+[a]
+transport = sytem
+[b]
+transport = system
+read_interval = soon
+bridge = nowhere
+colour = blue
+[c]
+path = x
+"""
+    result = check(tmp_path, text)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    err = result.stderr
+    assert "c.ini:2: [general] http_port: Input should be a valid integer" in err
+    assert "got 'eighty'" in err
+    assert "[a] transport: unknown transport kind 'sytem' (did you mean 'system'?)" in err
+    assert "c.ini:8: [b] read_interval:" in err and "got 'soon'" in err
+    assert "[b] bridge: names section 'nowhere', which does not exist" in err
+    assert "[b] colour: unknown key" in err
+    assert "[c] transport: missing" in err
+    assert "6 problem(s)" in err
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("transport = system\n", "a key before any [section]"),
+        ("[a]\ntransport = system\n[a]\ntransport = system\n", "section appears twice"),
+        ("[a]\ntransport = system\ntransport = system\n", "key appears twice"),
+        ("[a]\ntransport = system\nthis line has no equals sign\n", "cannot parse line"),
+        ("\x00\xff[", "a key before any [section]"),
+    ],
+)
+def test_malformed_ini_is_an_error_not_a_traceback(tmp_path: Path, text: str, message: str
+                                                   ) -> None:
+    result = check(tmp_path, text)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr
+    assert message in result.stderr
+
+
+def test_missing_file(tmp_path: Path) -> None:
+    result = subprocess.run([sys.executable, str(ROOT / "protocol_gateway.py"), "check",
+                             str(tmp_path / "nope.ini")], capture_output=True, text=True,
+                            timeout=60)
+    assert result.returncode == 2 and "file not found" in result.stderr
+
+
+def test_two_sections_claiming_one_resource(tmp_path: Path) -> None:
+    found = problems(tmp_path, "[a]\ntransport = jsonl_out\npath = x.jsonl\n"
+                               "[b]\ntransport = jsonl_out\npath = ./x.jsonl\n")
+    assert any("[b]" in p and "already used by [a]" in p for p in found)
+
+
+def test_self_bridge_rejected(tmp_path: Path) -> None:
+    found = problems(tmp_path, "[a]\ntransport = system\nbridge = a\n")
+    assert any("cannot bridge to itself" in p for p in found)
+
+
+def test_precedence_file_then_environment_then_set(tmp_path: Path) -> None:
+    path = tmp_path / "c.ini"
+    path.write_text("[general]\nlog_level = INFO\n[transport.0]\ntransport = system\n"
+                    "read_interval = 10\n")
+    cfg = load_config(path, environ={})
+    assert cfg.transports["transport.0"].settings.read_interval == 10
+    env = {"PGW_TRANSPORT_0_READ_INTERVAL": "20", "PGW_GENERAL_LOG_LEVEL": "DEBUG"}
+    cfg = load_config(path, environ=env)
+    assert cfg.transports["transport.0"].settings.read_interval == 20
+    assert cfg.general.log_level == "DEBUG"
+    cfg = load_config(path, environ=env, sets=["transport.0.read_interval=30"])
+    assert cfg.transports["transport.0"].settings.read_interval == 30
+
+
+def test_environment_naming_an_unknown_section(tmp_path: Path) -> None:
+    path = tmp_path / "c.ini"
+    path.write_text("[a]\ntransport = system\n")
+    with pytest.raises(ConfigError) as info:
+        load_config(path, environ={"PGW_NOSUCH_KEY": "1"})
+    assert "PGW_NOSUCH_KEY" in str(info.value)
+
+
+def test_bad_set_syntax(tmp_path: Path) -> None:
+    found = problems(tmp_path, "[a]\ntransport = system\n", sets=["read_interval"])
+    assert any("expected section.key=value" in p for p in found)
+
+
+def test_print_config_shows_effective_values(tmp_path: Path) -> None:
+    result = check(tmp_path, "[a]\ntransport = system\n")
+    assert result.returncode == 0
+    path = tmp_path / "c.ini"
+    out = subprocess.run([sys.executable, str(ROOT / "protocol_gateway.py"), "run", str(path),
+                          "--print-config", "--set", "a.read_interval=7"],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "[a]\ntransport = system" in out.stdout
+    assert "read_interval = 7.0" in out.stdout
+    assert "restart_backoff_max = 30.0" in out.stdout
+
+
+def test_secrets_are_masked() -> None:
+    from pydantic import Field
+
+    from gateway.config import GatewayConfig, TransportConfig
+    from gateway.settings import GeneralSettings, Secret, TransportSettings
+
+    class WithSecret(TransportSettings):
+        password: Secret = Field(default=Secret(""))
+
+    cfg = GatewayConfig("x", GeneralSettings(), {
+        "m": TransportConfig("m", "x", WithSecret(transport="x", password="hunter2"))})
+    text = render_ini(effective_settings(cfg))
+    assert "hunter2" not in text and "password = ***" in text
+    assert "hunter2" not in repr(cfg)
