@@ -88,6 +88,8 @@ def main(argv: list[str] | None = None) -> int:
         for problem in exc.problems:
             print(f"  {problem}", file=sys.stderr)
         return EXIT_CONFIG
+    for warning in config.warnings:
+        print(f"warning: {warning}", file=sys.stderr)
     if args.command == "check":
         print(f"{args.config}: OK ({len(config.transports)} transports: "
               f"{', '.join(f'{n} ({t.kind})' for n, t in config.transports.items())})")

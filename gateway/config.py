@@ -28,6 +28,8 @@ from gateway.settings import GeneralSettings, TransportSettings
 
 GENERAL = "general"
 ENV_PREFIX = "PGW_"
+#: PGW_ variables that are not settings overrides.
+RESERVED_ENV = frozenset({"PGW_PLUGINS", "PGW_RUN_DIR"})
 
 
 @dataclass(frozen=True)
@@ -68,6 +70,7 @@ class GatewayConfig:
     source: str
     general: GeneralSettings
     transports: dict[str, TransportConfig] = field(default_factory=dict)
+    warnings: list[ConfigProblem] = field(default_factory=list)
 
     def targets_of(self, name: str) -> tuple[str, ...]:
         return self.transports[name].settings.bridge
@@ -144,9 +147,13 @@ def apply_overrides(
     raw: dict[str, dict[str, str]],
     environ: Mapping[str, str],
     sets: Sequence[str],
-    source: str,
+    warnings: list[ConfigProblem],
 ) -> list[ConfigProblem]:
-    """Overlay environment variables, then ``--set`` values, onto ``raw`` (in place)."""
+    """Overlay environment variables, then ``--set`` values, onto ``raw`` (in place).
+
+    A ``PGW_`` variable that matches no section is not an error (the same environment may
+    serve several configurations) but it is reported as a warning.
+    """
     problems: list[ConfigProblem] = []
     sections = sorted(set(raw) | {GENERAL}, key=len, reverse=True)
     for name, value in sorted(environ.items()):
@@ -159,9 +166,10 @@ def apply_overrides(
                 raw.setdefault(section, {})[rest[len(prefix):].lower()] = value
                 break
         else:
-            problems.append(ConfigProblem(
-                "environment", "", name, "names no section of the configuration "
-                f"(sections: {', '.join(sorted(raw)) or 'none'})"))
+            if name not in RESERVED_ENV:
+                warnings.append(ConfigProblem(
+                    "environment", "", name, "ignored: names no section of the configuration "
+                    f"(sections: {', '.join(sorted(raw)) or 'none'})"))
     for item in sets:
         target, sep, value = item.partition("=")
         section, dot, key = target.strip().rpartition(".")
@@ -170,7 +178,6 @@ def apply_overrides(
                 "--set", "", item, "expected section.key=value, e.g. general.log_level=DEBUG"))
             continue
         raw.setdefault(section, {})[key.strip().lower()] = value.strip()
-    del source
     return problems
 
 
@@ -225,7 +232,8 @@ def load_config(
     """Read, overlay and validate; raise :class:`ConfigError` listing every problem."""
     source = str(path)
     raw, lines = read_ini(path)
-    problems = apply_overrides(raw, os.environ if environ is None else environ, sets, source)
+    warnings: list[ConfigProblem] = []
+    problems = apply_overrides(raw, os.environ if environ is None else environ, sets, warnings)
     if instance is not None:
         raw.setdefault(GENERAL, {})["instance"] = str(instance)
 
@@ -264,7 +272,7 @@ def load_config(
     if problems:
         raise ConfigError(problems)
     assert isinstance(general_model, GeneralSettings)
-    return GatewayConfig(source, general_model, configs)
+    return GatewayConfig(source, general_model, configs, warnings)
 
 
 def _cross_check(

@@ -20,6 +20,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from multiprocessing.connection import Connection
 
 import transports
@@ -30,6 +31,7 @@ from gateway.settings import GeneralSettings
 from transports.base import Transport, TransportContext
 
 BATCH_MAX = 500
+INBOX_BATCHES = 64
 PARENT_GONE_GRACE = 1.0
 
 
@@ -43,8 +45,9 @@ class Outbox:
     """
 
     def __init__(self, conn: Connection | None, capacity: int, policy: str,
-                 log: logging.Logger) -> None:
+                 log: logging.Logger, batch_max: int = BATCH_MAX) -> None:
         self.conn = conn
+        self.batch_max = batch_max
         self.capacity = capacity
         self.policy = policy
         self.log = log
@@ -77,6 +80,25 @@ class Outbox:
             self.cond.notify()
         return True
 
+    def put_many(self, items: list[tuple[str, Envelope]]) -> int:
+        """Queue as many of ``items`` as fit (all under drop_oldest); returns how many."""
+        with self.cond:
+            room = self.capacity - len(self.items)
+            if self.policy != "drop_oldest":
+                items = items[:max(room, 0)]
+            else:
+                overflow = len(items) - room
+                for _ in range(max(overflow, 0)):
+                    if self.items:
+                        self.items.popleft()
+                        self.dropped += 1
+                if overflow > 0:
+                    self.log.warning("bridge full: dropped %d oldest envelopes so far "
+                                     "(queue_full_policy = drop_oldest)", self.dropped)
+            self.items.extend(items)
+            self.cond.notify()
+        return len(items)
+
     def put_control(self, frame: bytes) -> None:
         with self.cond:
             self.control.append(frame)
@@ -92,7 +114,7 @@ class Outbox:
                     return
                 control = list(self.control)
                 self.control.clear()
-                batch = [self.items.popleft() for _ in range(min(BATCH_MAX, len(self.items)))]
+                batch = [self.items.popleft() for _ in range(min(self.batch_max, len(self.items)))]
             frames = control[:]
             by_target: dict[str, list[Envelope]] = {}
             for target, envelope in batch:
@@ -125,10 +147,12 @@ class TransportHost:
         self.log = log
         self.outbox = outbox
         self.targets = config.settings.bridge
-        self.ctx = TransportContext(config.name, general, self._emit, log)
+        self.ctx = TransportContext(config.name, general, self._emit, log, self._emit_many)
         cls = transports.get(config.kind)
         self.transport: Transport = cls(config.settings, self.ctx)
-        self.inbox: asyncio.Queue[tuple[int, list[Envelope]]] = asyncio.Queue(maxsize=64)
+        self.inbox: asyncio.Queue[tuple[int, list[Envelope]]] = asyncio.Queue()
+        self.on_batch_done: Callable[[], None] = lambda: None
+        self.stop_task: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()
         self._busy = False
 
@@ -144,6 +168,23 @@ class TransportHost:
             return
         for name in targets:
             while not self.outbox.put(name, envelope):
+                await asyncio.sleep(0.005)  # backpressure: the bridge is full
+
+    async def _emit_many(self, envelopes: list[Envelope]) -> None:
+        if self.outbox is None:
+            for envelope in envelopes:
+                await self._emit(envelope)
+            return
+        items = []
+        for envelope in envelopes:
+            target = envelope.target_transport
+            targets = self.targets if target is None else (
+                (target,) if isinstance(target, str) else target)
+            items += [(name, envelope) for name in targets]
+        while items:
+            done = self.outbox.put_many(items)
+            items = items[done:]
+            if items:
                 await asyncio.sleep(0.005)  # backpressure: the bridge is full
 
     def stats(self) -> dict[str, object]:
@@ -179,6 +220,7 @@ class TransportHost:
                 self._busy = False
             if self.outbox is not None and batch_id:
                 self.outbox.put_control(channel.ack_frame(batch_id))
+            self.on_batch_done()
             self.inbox.task_done()
 
     async def _life(self) -> None:
@@ -256,7 +298,8 @@ def child_main(config: TransportConfig, general: GeneralSettings, up: Connection
 
 async def _child_async(config: TransportConfig, general: GeneralSettings, up: Connection,
                        down: Connection, log: logging.Logger) -> int:
-    outbox = Outbox(up, general.channel_capacity, general.queue_full_policy, log)
+    outbox = Outbox(up, general.channel_capacity, general.queue_full_policy, log,
+                    general.bridge_batch_max)
     try:
         host = TransportHost(config, general, log, outbox)
     except Exception as exc:
@@ -264,29 +307,38 @@ async def _child_async(config: TransportConfig, general: GeneralSettings, up: Co
         outbox.close(1.0)
         return 1
     loop = asyncio.get_running_loop()
+    slots = threading.Semaphore(INBOX_BATCHES)
+
+    def hand_over(frame: bytes) -> None:
+        """On the loop: parse (all CPU work stays on one thread: no GIL ping-pong)."""
+        try:
+            what, batch_id, envelopes = channel.parse_down(frame)
+        except Exception as exc:  # noqa: BLE001 - a bad frame is logged, not fatal
+            log.error("bad frame from the supervisor: %s", exc)
+            slots.release()
+            return
+        if what == "stop":
+            slots.release()
+            host.stop_task = loop.create_task(_stop_after_inbox(host))  # after queued batches
+            return
+        host.inbox.put_nowait((batch_id, envelopes))
 
     def read_down() -> None:
         while True:
+            slots.acquire()  # at most INBOX_BATCHES waiting: backpressure up the chain
             try:
                 frame = down.recv_bytes()
             except (EOFError, OSError):
                 loop.call_soon_threadsafe(host.stop_requested.set)
                 return
             try:
-                what, batch_id, envelopes = channel.parse_down(frame)
-            except Exception as exc:  # noqa: BLE001 - a bad frame is logged, not fatal
-                log.error("bad frame from the supervisor: %s", exc)
-                continue
-            if what == "stop":
-                # Queue behind the batches already received, so they are handled first.
-                asyncio.run_coroutine_threadsafe(_stop_after_inbox(host), loop)
-                return
-            future = asyncio.run_coroutine_threadsafe(host.inbox.put((batch_id, envelopes)), loop)
-            try:
-                future.result()  # blocks while the inbox is full: backpressure up the chain
+                loop.call_soon_threadsafe(hand_over, frame)
             except RuntimeError:
                 return
+            if frame == channel.STOP_FRAME:
+                return
 
+    host.on_batch_done = slots.release
     threading.Thread(target=read_down, name="bridge-in", daemon=True).start()
     code = await host.serve()
     outbox.close(general.shutdown_timeout / 2)

@@ -105,4 +105,7 @@ class GeneralSettings(Settings):
         default="block",
         description="when a transport's outbox is full: wait (backpressure) or drop the oldest",
     )
+    bridge_batch_max: int = Field(
+        default=500, ge=1, description="most envelopes per bridge message (1 = no batching)"
+    )
     start_method: Literal["forkserver", "spawn", "fork"] = "forkserver"

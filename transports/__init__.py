@@ -2,18 +2,26 @@
 
 Each transport module is listed once in ``_MODULES``; it calls :func:`register` for its
 kinds. Children look a class up by kind, so no live object crosses processes.
+``PGW_PLUGINS`` (comma-separated importable module names) loads transports that live outside
+this package; the benchmarks use it for their load generators.
 """
 
 from __future__ import annotations
 
 import importlib
+import os
 from typing import TYPE_CHECKING
 
 if TYPE_CHECKING:
     from transports.base import Transport
 
 _MODULES = (
+    "transports.influxdb_out",
     "transports.jsonl_out",
+    "transports.mqtt",
+    "transports.modbus",
+    "transports.qlink",
+    "transports.rapi_serial",
     "transports.system",
 )
 _REGISTRY: dict[str, type[Transport]] = {}
@@ -38,7 +46,8 @@ def register_as(cls: type[Transport], kind: str) -> None:
 def load_all() -> dict[str, type[Transport]]:
     global _loaded  # noqa: PLW0603 - import-time registry, filled once per process
     if not _loaded:
-        for module in _MODULES:
+        plugins = [m.strip() for m in os.environ.get("PGW_PLUGINS", "").split(",") if m.strip()]
+        for module in (*_MODULES, *plugins):
             importlib.import_module(module)
         _loaded = True
     return dict(_REGISTRY)

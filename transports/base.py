@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from abc import ABC
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -48,6 +49,10 @@ class Emitter(Protocol):
     async def __call__(self, envelope: Envelope) -> None: ...
 
 
+class BatchEmitter(Protocol):
+    async def __call__(self, envelopes: list[Envelope]) -> None: ...
+
+
 class TransportContext:
     """What the runner hands a transport: its name, logger, counters, paths and the bridge."""
 
@@ -57,12 +62,14 @@ class TransportContext:
         general: GeneralSettings,
         emitter: Emitter,
         logger: logging.Logger,
+        batch_emitter: BatchEmitter | None = None,
     ) -> None:
         self.name = name
         self.general = general
         self.log = logger
         self.counters = Counters()
         self._emitter = emitter
+        self._batch_emitter = batch_emitter
         self._sequence = 0
         self.stopping = asyncio.Event()
 
@@ -100,6 +107,28 @@ class TransportContext:
         await self._emitter(env)
         self.counters.envelopes_out += 1
         return env
+
+    async def emit_many(
+        self,
+        kind: str,
+        items: list[dict[str, Any]],
+        *,
+        target: str | tuple[str, ...] | None = None,
+        info: dict[str, str] | None = None,
+    ) -> None:
+        """Send one envelope per item in one bridge operation (a scan of many devices)."""
+        now = time.time()
+        envelopes = []
+        for data in items:
+            self._sequence += 1
+            envelopes.append(Envelope(self.name, kind, data, target, info or {}, now,
+                                      self._sequence))
+        if self._batch_emitter is not None:
+            await self._batch_emitter(envelopes)
+        else:
+            for env in envelopes:
+                await self._emitter(env)
+        self.counters.envelopes_out += len(envelopes)
 
 
 class Transport(ABC, Generic[S]):
