@@ -1,0 +1,39 @@
+#!/usr/bin/env python3
+"""Assemble config.ini.example from docs/transports/*.ini, so samples live beside their docs.
+
+    python scripts/gen_example.py          # rewrite config.ini.example
+    python scripts/gen_example.py --check  # exit 1 if it is out of date (a test runs this)
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+SAMPLES = ROOT / "docs" / "transports"
+
+
+def build() -> str:
+    parts = [(SAMPLES / "general.ini").read_text().rstrip() + "\n"]
+    for sample in sorted(SAMPLES.glob("*.ini")):
+        if sample.name != "general.ini":
+            parts.append(f"# ---- from docs/transports/{sample.name}\n"
+                         + sample.read_text().rstrip() + "\n")
+    return "\n".join(parts)
+
+
+def main() -> int:
+    text = build()
+    target = ROOT / "config.ini.example"
+    if "--check" in sys.argv:
+        if not target.exists() or target.read_text() != text:
+            print("config.ini.example is out of date: run python scripts/gen_example.py")
+            return 1
+        return 0
+    target.write_text(text)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
