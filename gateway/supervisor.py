@@ -235,7 +235,8 @@ class Supervisor:
         sent_generation = 0
         while True:
             with slot.cond:
-                while slot.down is None or len(slot.unacked) >= MAX_UNACKED:
+                while slot.down is None or (slot.generation == sent_generation
+                                            and len(slot.unacked) >= MAX_UNACKED):
                     if slot.down is None and slot.state == STOPPED and self.shutting_down:
                         return
                     slot.cond.wait(0.5)

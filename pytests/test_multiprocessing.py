@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import signal
 import sys
+import time
 from collections import Counter
 from pathlib import Path
 
@@ -165,7 +166,9 @@ def test_output_killed_mid_run_loses_nothing(tmp_path: Path) -> None:
     try:
         pid = gw.wait_all_running()["out"]["pid"]
         wait_for(lambda: len(read_jsonl(out)) >= 30)
-        gw_signal_child(pid, signal.SIGKILL)
+        gw_signal_child(pid, signal.SIGSTOP)  # batches pile up un-acknowledged...
+        time.sleep(1.5)
+        gw_signal_child(pid, signal.SIGKILL)  # ...and die with it: they must be re-sent
         wait_for(lambda: (t := gw.try_transports()) and t["out"]["pid"] not in (None, pid))
         count = len(read_jsonl(out))
         wait_for(lambda: len(read_jsonl(out)) >= count + 30)
