@@ -1,0 +1,515 @@
+"""Register maps: loading, validating, and the value codec (registers <-> engineering values).
+
+Pure: no I/O besides reading the map file. The same map drives the transport (decode what
+was read, check and encode what is written) and the simulator (encode the values it serves),
+so both ends speak through this one codec. The file format is described in
+``protocols/maps/README.md``; read planning lives in ``protocols/read_plan.py``.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+import re
+import struct
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from decimal import Decimal, InvalidOperation
+from functools import lru_cache
+from pathlib import Path
+
+MAPS_DIR = Path(__file__).resolve().parent / "maps"
+
+TABLES = ("holding", "input", "coil", "discrete")
+BIT_TABLES = frozenset({"coil", "discrete"})
+READ_FUNCTION = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+#: data type -> registers it spans (string: from the count column)
+TYPE_WIDTH = {
+    "u16": 1, "s16": 1, "enum": 1, "bits": 1, "u32": 2, "s32": 2, "float32": 2,
+    "u64": 4, "s64": 4, "string": 0, "bool": 1,
+}
+INT_RANGE = {
+    "u16": (0, 0xFFFF), "enum": (0, 0xFFFF), "s16": (-0x8000, 0x7FFF),
+    "u32": (0, 0xFFFFFFFF), "s32": (-0x80000000, 0x7FFFFFFF),
+    "u64": (0, 2**64 - 1), "s64": (-(2**63), 2**63 - 1),
+}
+ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
+COLUMNS = (
+    "name", "table", "address", "type", "count", "order", "bits", "scale", "offset", "unit",
+    "access", "min", "max", "options", "device_class", "state_class", "description",
+)
+REQUIRED = ("name", "table", "address", "type")
+_NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
+
+Number = int | float
+Value = int | float | str | bool
+
+
+class MapError(ValueError):
+    """A map file is wrong; the message names the file and line."""
+
+    def __init__(self, path: Path | str, line: int, message: str) -> None:
+        self.path = str(path)
+        self.line = line
+        super().__init__(f"{Path(path).name}:{line}: {message}")
+
+
+class WriteRejected(ValueError):
+    """A write a map does not allow (not writable, out of range, not an option)."""
+
+
+@dataclass(frozen=True)
+class RegisterValue:
+    """One named value of a map: where it lives, how it is coded, what it means."""
+
+    name: str
+    table: str
+    address: int
+    dtype: str
+    count: int
+    order: str = "ABCD"
+    bit_start: int = 0
+    bit_width: int = 16
+    scale: float = 1.0
+    offset: float = 0.0
+    unit: str = ""
+    access: str = "r"
+    minimum: float | None = None
+    maximum: float | None = None
+    options: tuple[tuple[int, str], ...] = ()
+    device_class: str = ""
+    state_class: str = ""
+    description: str = ""
+    line: int = 0
+    decimals: int | None = None
+
+    @property
+    def end(self) -> int:
+        """One past the last register (or bit) this value uses."""
+        return self.address + self.count
+
+    @property
+    def writable(self) -> bool:
+        return "w" in self.access
+
+    @property
+    def readable(self) -> bool:
+        return "r" in self.access
+
+    def option_text(self, raw: int) -> str:
+        for key, text in self.options:
+            if key == raw:
+                return text
+        return str(raw)
+
+
+@dataclass(frozen=True)
+class RegisterMap:
+    """A loaded, validated map: its values and what the device allows for reads."""
+
+    name: str
+    path: str
+    values: tuple[RegisterValue, ...]
+    batch_size: int = 125
+    #: (table, first, last) inclusive ranges the device answers with an exception
+    unreadable: tuple[tuple[str, int, int], ...] = ()
+    meta: dict[str, str] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "_by_name", {v.name: v for v in self.values})
+
+    def __getitem__(self, name: str) -> RegisterValue:
+        return self._by_name[name]  # type: ignore[attr-defined]
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._by_name  # type: ignore[attr-defined]
+
+    def readable_values(self) -> list[RegisterValue]:
+        return [v for v in self.values if v.readable]
+
+
+# --------------------------------------------------------------------------- the codec
+
+
+def _words_to_bytes(regs: Sequence[int], order: str) -> bytes:
+    words = list(regs)
+    if order in ("CDAB", "DCBA"):
+        words.reverse()
+    swap = order in ("BADC", "DCBA")
+    out = bytearray()
+    for w in words:
+        hi, lo = (w >> 8) & 0xFF, w & 0xFF
+        out += bytes((lo, hi) if swap else (hi, lo))
+    return bytes(out)
+
+
+def _bytes_to_words(data: bytes, order: str) -> list[int]:
+    swap = order in ("BADC", "DCBA")
+    words = [
+        (data[i + 1] << 8 | data[i]) if swap else (data[i] << 8 | data[i + 1])
+        for i in range(0, len(data), 2)
+    ]
+    if order in ("CDAB", "DCBA"):
+        words.reverse()
+    return words
+
+
+def _tidy(value: float, spec: RegisterValue) -> Number:
+    if spec.decimals is not None:
+        value = round(value, spec.decimals)
+        return int(value) if spec.decimals == 0 else value
+    return value
+
+
+def decode(spec: RegisterValue, regs: Sequence[int] | Sequence[bool]) -> Value:
+    """Registers (or bits) as read -> the engineering value (scaled, enum text, string)."""
+    if spec.dtype == "bool":
+        return bool(regs[0])
+    if spec.dtype == "string":
+        # strings keep byte order within a register only; words are always in address order
+        data = _words_to_bytes(regs, "BADC" if spec.order in ("BADC", "DCBA") else "ABCD")
+        return data.split(b"\x00", 1)[0].decode("latin-1").rstrip()
+    raw_bytes = _words_to_bytes(regs, spec.order)
+    if spec.dtype == "float32":
+        raw: Number = struct.unpack(">f", raw_bytes)[0]
+        if not math.isfinite(raw):
+            return _tidy(raw * spec.scale + spec.offset, spec)
+        raw = float(f"{raw:.7g}")
+    else:
+        raw = int.from_bytes(raw_bytes, "big", signed=spec.dtype in ("s16", "s32", "s64"))
+        if spec.dtype == "bits":
+            raw = (raw >> spec.bit_start) & ((1 << spec.bit_width) - 1)
+        if spec.options:
+            return spec.option_text(int(raw))
+    if spec.scale == 1 and spec.offset == 0:
+        return raw
+    return _tidy(raw * spec.scale + spec.offset, spec)
+
+
+def to_raw(spec: RegisterValue, value: Value) -> int | float | str | bool:
+    """An engineering value a user wants written -> the raw value; WriteRejected otherwise."""
+    if spec.dtype == "bool":
+        if isinstance(value, str):
+            low = value.strip().lower()
+            if low not in ("0", "1", "true", "false", "on", "off"):
+                raise WriteRejected(f"{spec.name}: {value!r} is not a boolean")
+            return low in ("1", "true", "on")
+        return bool(value)
+    if spec.dtype == "string":
+        text = str(value)
+        if len(text.encode("latin-1", "replace")) > spec.count * 2:
+            raise WriteRejected(f"{spec.name}: at most {spec.count * 2} characters")
+        return text
+    if spec.options:
+        for key, text in spec.options:
+            if value == text or (not isinstance(value, bool) and value == key):
+                return key
+            if isinstance(value, str) and value.strip() == str(key):
+                return key
+        allowed = ", ".join(f"{k}={t}" for k, t in spec.options)
+        raise WriteRejected(f"{spec.name}: {value!r} is not one of {allowed}")
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        raise WriteRejected(f"{spec.name}: {value!r} is not a number") from None
+    if not math.isfinite(number):
+        raise WriteRejected(f"{spec.name}: {value!r} is not a finite number")
+    if spec.minimum is not None and number < spec.minimum:
+        raise WriteRejected(f"{spec.name}: {value} is below the minimum {spec.minimum}")
+    if spec.maximum is not None and number > spec.maximum:
+        raise WriteRejected(f"{spec.name}: {value} is above the maximum {spec.maximum}")
+    exact = isinstance(value, int) and not isinstance(value, bool)
+    raw = value if exact and spec.scale == 1 and spec.offset == 0 else (
+        (number - spec.offset) / spec.scale)
+    if spec.dtype == "float32":
+        return float(raw)
+    rounded = round(raw)
+    if abs(rounded - raw) > 1e-6 * max(1.0, abs(raw)):
+        raise WriteRejected(f"{spec.name}: {value} is not a multiple of the step {spec.scale}")
+    if spec.dtype == "bits":
+        low, high = 0, (1 << spec.bit_width) - 1
+    else:
+        low, high = INT_RANGE[spec.dtype]
+    if not low <= rounded <= high:
+        raise WriteRejected(f"{spec.name}: {value} does not fit a {spec.dtype}")
+    return int(rounded)
+
+
+def encode(
+    spec: RegisterValue, raw: int | float | str | bool, current: int = 0
+) -> list[int] | list[bool]:
+    """A raw value (from :func:`to_raw`) -> the registers to write.
+
+    ``current`` is the register's present content for a ``bits`` value (read-modify-write).
+    """
+    if spec.dtype == "bool":
+        return [bool(raw)]
+    if spec.dtype == "string":
+        data = str(raw).encode("latin-1", "replace").ljust(spec.count * 2, b"\x00")
+        return _bytes_to_words(data, "BADC" if spec.order in ("BADC", "DCBA") else "ABCD")
+    if spec.dtype == "bits":
+        mask = ((1 << spec.bit_width) - 1) << spec.bit_start
+        word = (current & ~mask) | ((int(raw) << spec.bit_start) & mask)
+        return _bytes_to_words(word.to_bytes(2, "big"), spec.order)
+    if spec.dtype == "float32":
+        data = struct.pack(">f", float(raw))
+    else:
+        signed = spec.dtype in ("s16", "s32", "s64")
+        data = int(raw).to_bytes(spec.count * 2, "big", signed=signed)
+    return _bytes_to_words(data, spec.order)
+
+
+def encode_value(spec: RegisterValue, value: Value, current: int = 0) -> list[int] | list[bool]:
+    """Engineering value -> registers, for a simulator serving a value (no write checks)."""
+    if spec.dtype in ("bool", "string") or spec.options:
+        return encode(spec, to_raw(spec, value), current)
+    if isinstance(value, int) and spec.scale == 1 and spec.offset == 0:
+        raw: float = value
+    else:
+        raw = (float(value) - spec.offset) / spec.scale
+    if spec.dtype == "float32":
+        return encode(spec, raw, current)
+    low, high = (0, (1 << spec.bit_width) - 1) if spec.dtype == "bits" else INT_RANGE[spec.dtype]
+    return encode(spec, min(max(round(raw), low), high), current)
+
+
+# --------------------------------------------------------------------------- loading
+
+
+def available_maps() -> list[str]:
+    """Names a ``protocol_version`` may take (the shipped maps)."""
+    return sorted(p.stem for p in MAPS_DIR.glob("*.csv"))
+
+
+def map_path(name_or_path: str) -> Path:
+    """A shipped map's name, or a path to one's own ``.csv`` file -> the file."""
+    if name_or_path.endswith(".csv"):
+        return Path(name_or_path)
+    return MAPS_DIR / f"{name_or_path}.csv"
+
+
+@lru_cache(maxsize=32)
+def load_map(name_or_path: str) -> RegisterMap:
+    """Load and validate a map by name (``eg4_v58``) or path; raises MapError."""
+    path = map_path(name_or_path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise MapError(path, 0, f"cannot read the map: {exc.strerror}") from None
+    return parse_map(text, path)
+
+
+def parse_map(text: str, path: Path | str = "<map>") -> RegisterMap:
+    """Parse map text (see maps/README.md); every error names the file and line."""
+    meta: dict[str, str] = {}
+    header: list[str] | None = None
+    header_line = 0
+    values: list[RegisterValue] = []
+    for lineno, line in enumerate(text.splitlines(), 1):
+        stripped = line.strip()
+        if stripped.startswith("#!"):
+            key, sep, val = stripped[2:].partition("=")
+            if not sep:
+                raise MapError(path, lineno, "a directive reads '#! key = value'")
+            meta[key.strip().lower()] = val.strip()
+            continue
+        if not stripped or stripped.startswith("#"):
+            continue
+        row = [cell.strip() for cell in next(csv.reader([line]))]
+        if header is None:
+            header, header_line = [c.lower() for c in row], lineno
+            unknown = [c for c in header if c not in COLUMNS]
+            if unknown:
+                raise MapError(path, lineno, f"unknown column(s) {unknown}; known: {COLUMNS}")
+            missing = [c for c in REQUIRED if c not in header]
+            if missing:
+                raise MapError(path, lineno, f"the header lacks column(s) {missing}")
+            continue
+        if len(row) > len(header):
+            raise MapError(path, lineno, f"{len(row)} cells for {len(header)} columns")
+        cells = dict(zip(header, row + [""] * (len(header) - len(row)), strict=True))
+        values.append(_parse_row(cells, path, lineno))
+    if header is None:
+        raise MapError(path, header_line, "no header line and no values")
+    batch_size = _int_meta(meta, "batch_size", 125, path)
+    unreadable = _parse_unreadable(meta.get("unreadable", ""), path)
+    name = Path(path).stem
+    _validate(values, unreadable, batch_size, path)
+    return RegisterMap(name, str(path), tuple(values), batch_size, unreadable, meta)
+
+
+def _int_meta(meta: dict[str, str], key: str, default: int, path: Path | str) -> int:
+    if key not in meta:
+        return default
+    try:
+        value = int(meta[key], 0)
+    except ValueError:
+        raise MapError(path, 0, f"directive {key} = {meta[key]!r} is not an integer") from None
+    if not 1 <= value <= 2000:
+        raise MapError(path, 0, f"directive {key} = {value} is out of 1..2000")
+    return value
+
+
+def _parse_unreadable(text: str, path: Path | str) -> tuple[tuple[str, int, int], ...]:
+    out = []
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        table, _, span = part.partition(":")
+        first, _, last = span.partition("-")
+        try:
+            lo, hi = int(first, 0), int(last or first, 0)
+        except ValueError:
+            lo = hi = -1
+        if table not in TABLES or not 0 <= lo <= hi <= 0xFFFF:
+            raise MapError(path, 0, f"unreadable range {part!r}: expected table:first-last")
+        out.append((table, lo, hi))
+    return tuple(out)
+
+
+def _number(cells: dict[str, str], key: str, path: Path | str, line: int) -> float | None:
+    text = cells.get(key, "")
+    if not text:
+        return None
+    try:
+        return float(text)
+    except ValueError:
+        raise MapError(path, line, f"{key} {text!r} is not a number") from None
+
+
+def _decimals(scale_text: str) -> int | None:
+    try:
+        exponent = Decimal(scale_text).normalize().as_tuple().exponent
+    except InvalidOperation:
+        return None
+    return max(0, -exponent) if isinstance(exponent, int) else None
+
+
+def _parse_row(cells: dict[str, str], path: Path | str, line: int) -> RegisterValue:
+    def fail(message: str) -> MapError:
+        return MapError(path, line, message)
+
+    name, table, dtype = cells["name"], cells["table"].lower(), cells["type"].lower()
+    if not _NAME.match(name):
+        raise fail(f"name {name!r}: letters, digits and _ only, starting with a letter")
+    if table not in TABLES:
+        raise fail(f"{name}: unknown table {table!r}; known: {', '.join(TABLES)}")
+    if dtype not in TYPE_WIDTH:
+        raise fail(f"{name}: unknown type {dtype!r}; known: {', '.join(TYPE_WIDTH)}")
+    try:
+        address = int(cells["address"], 0)
+    except ValueError:
+        raise fail(f"{name}: address {cells['address']!r} is not an integer") from None
+    if not 0 <= address <= 0xFFFF:
+        raise fail(f"{name}: address {address} is outside 0..65535")
+    if (table in BIT_TABLES) != (dtype == "bool"):
+        raise fail(f"{name}: type bool goes with coil/discrete tables and only there")
+    width = TYPE_WIDTH[dtype]
+    count_text = cells.get("count", "")
+    count = width
+    if count_text:
+        try:
+            count = int(count_text)
+        except ValueError:
+            raise fail(f"{name}: count {count_text!r} is not an integer") from None
+        if width and count != width:
+            raise fail(f"{name}: a {dtype} spans {width} register(s), not {count}")
+    if count < 1:
+        raise fail(f"{name}: a string needs its count of registers")
+    if address + count > 0x10000:
+        raise fail(f"{name}: a {dtype} at {address} runs past register 65535")
+    order = (cells.get("order") or "ABCD").upper()
+    if order not in ORDERS:
+        raise fail(f"{name}: unknown order {order!r}; known: {', '.join(ORDERS)}")
+    bit_start, bit_width = 0, 16
+    bits_text = cells.get("bits", "")
+    if dtype == "bits":
+        first, _, last = bits_text.partition("-")
+        try:
+            bit_start = int(first)
+            bit_width = int(last or first) - bit_start + 1
+        except ValueError:
+            raise fail(f"{name}: a bits value needs bits = N or N-M, got {bits_text!r}") from None
+        if not (0 <= bit_start <= 15 and 1 <= bit_width <= 16 - bit_start):
+            raise fail(f"{name}: bits {bits_text!r} are outside 0..15")
+    elif bits_text:
+        raise fail(f"{name}: the bits column is for type bits only")
+    scale_text = cells.get("scale", "") or "1"
+    scale = _number({"scale": scale_text}, "scale", path, line) or 0.0
+    if scale == 0:
+        raise fail(f"{name}: scale must not be 0")
+    offset = _number(cells, "offset", path, line) or 0.0
+    access = (cells.get("access") or "r").lower()
+    if access not in ("r", "rw", "w"):
+        raise fail(f"{name}: access {access!r} is not r, rw or w")
+    if "w" in access and table in ("input", "discrete"):
+        raise fail(f"{name}: {table} registers cannot be written")
+    minimum, maximum = _number(cells, "min", path, line), _number(cells, "max", path, line)
+    if minimum is not None and maximum is not None and minimum > maximum:
+        raise fail(f"{name}: min {minimum} is above max {maximum}")
+    options = _parse_options(cells.get("options", ""), fail, name)
+    if dtype == "enum" and not options:
+        raise fail(f"{name}: an enum needs options like 0=Off;1=On")
+    if options and dtype not in ("u16", "s16", "enum", "bits", "u32", "s32"):
+        raise fail(f"{name}: options go with integer types, not {dtype}")
+    decimals = None
+    if dtype != "float32" and (scale != 1 or offset != 0):
+        decimals = _decimals(scale_text)
+        if decimals is not None and offset:
+            decimals = max(decimals, _decimals(cells.get("offset", "0")) or 0)
+    return RegisterValue(
+        name=name, table=table, address=address, dtype=dtype, count=count, order=order,
+        bit_start=bit_start, bit_width=bit_width, scale=scale, offset=offset,
+        unit=cells.get("unit", ""), access=access, minimum=minimum, maximum=maximum,
+        options=options, device_class=cells.get("device_class", ""),
+        state_class=cells.get("state_class", ""), description=cells.get("description", ""),
+        line=line, decimals=decimals,
+    )
+
+
+def _parse_options(text: str, fail: object, name: str) -> tuple[tuple[int, str], ...]:
+    out: list[tuple[int, str]] = []
+    for part in filter(None, (p.strip() for p in text.split(";"))):
+        key, sep, label = part.partition("=")
+        try:
+            number = int(key, 0)
+        except ValueError:
+            number = None
+        if not sep or number is None or not label.strip():
+            raise fail(f"{name}: option {part!r} is not like 3=Label")  # type: ignore[operator]
+        out.append((number, label.strip()))
+    return tuple(out)
+
+
+def _validate(
+    values: list[RegisterValue],
+    unreadable: tuple[tuple[str, int, int], ...],
+    batch_size: int,
+    path: Path | str,
+) -> None:
+    seen: dict[str, int] = {}
+    used: dict[tuple[str, int], list[RegisterValue]] = {}
+    for v in values:
+        if v.name in seen:
+            raise MapError(path, v.line, f"{v.name}: name already used on line {seen[v.name]}")
+        seen[v.name] = v.line
+        limit = 2000 if v.table in BIT_TABLES else batch_size
+        if v.count > limit:
+            raise MapError(path, v.line, f"{v.name}: {v.count} registers exceed one read")
+        for table, lo, hi in unreadable:
+            if table == v.table and v.address <= hi and lo < v.end and v.readable:
+                raise MapError(path, v.line, f"{v.name}: lies in unreadable range {lo}-{hi}")
+        for addr in range(v.address, v.end):
+            for other in used.get((v.table, addr), []):
+                if not _bits_disjoint(v, other):
+                    raise MapError(
+                        path, v.line,
+                        f"{v.name}: {v.table} register {addr} overlaps {other.name} "
+                        f"(line {other.line})",
+                    )
+            used.setdefault((v.table, addr), []).append(v)
+
+
+def _bits_disjoint(a: RegisterValue, b: RegisterValue) -> bool:
+    """Two ``bits`` views of one register may share it when their bits don't overlap."""
+    if a.dtype != "bits" or b.dtype != "bits" or a.address != b.address:
+        return False
+    return a.bit_start + a.bit_width <= b.bit_start or b.bit_start + b.bit_width <= a.bit_start

@@ -1,0 +1,230 @@
+"""Register maps and read planning, pure: loading errors, the codec, the planner's optimality."""
+
+from __future__ import annotations
+
+import itertools
+import json
+from pathlib import Path
+
+import pytest
+from hypothesis import given
+from hypothesis import strategies as st
+
+from protocols.read_plan import (
+    LinkCost,
+    PlanError,
+    ReadRequest,
+    lower_bound,
+    naive_plan,
+    plan_reads,
+    plan_table,
+)
+from protocols.registers import (
+    ORDERS,
+    MapError,
+    RegisterValue,
+    WriteRejected,
+    available_maps,
+    decode,
+    encode_value,
+    load_map,
+    parse_map,
+    to_raw,
+)
+from transports.modbus.device import ModbusDevice
+
+CASES = Path(__file__).parent / "cases" / "modbus"
+HEADER = "name,table,address,type,count,order,bits,scale,offset,unit,access,min,max,options\n"
+
+
+def test_shipped_maps_load_and_plan() -> None:
+    assert {"eg4_v58", "sdm630"} <= set(available_maps())
+    for name in available_maps():
+        regmap = load_map(name)
+        assert len(regmap.values) > 30, name
+        plan = plan_reads(regmap.values, batch_size=regmap.batch_size,
+                          unreadable=regmap.unreadable)
+        assert len(plan) < len(naive_plan(regmap.values)) / 3
+
+
+@pytest.mark.parametrize(
+    ("body", "line", "words"),
+    [
+        ("a,holding,1,u16\nb,holding,1,u16\n", 3, "overlaps a (line 2)"),
+        ("a,holding,10,u32\nb,holding,11,u16\n", 3, "overlaps a"),
+        ("a,holding,65535,u32\n", 2, "runs past register 65535"),
+        ("a,holding,1,u24\n", 2, "unknown type 'u24'"),
+        ("a,holding,1,u32,3\n", 2, "spans 2 register(s), not 3"),
+        ("a,input,1,u16,,,,,,,rw\n", 2, "cannot be written"),
+        ("a,holding,1,u16,,XYZW\n", 2, "unknown order"),
+        ("a,coil,1,u16\n", 2, "type bool goes with coil"),
+        ("a,holding,1,enum\n", 2, "needs options"),
+        ("a,holding,1,u16\na,holding,2,u16\n", 3, "already used on line 2"),
+        ("a,holding,1,bits,,,0-7\nb,holding,1,bits,,,7-9\n", 3, "overlaps a"),
+        ("a,holding,x1,u16\n", 2, "not an integer"),
+        ("a,holding,1,string\n", 2, "needs its count"),
+    ],
+)
+def test_map_errors_name_file_and_line(body: str, line: int, words: str) -> None:
+    with pytest.raises(MapError) as info:
+        parse_map(HEADER + body, "bad.csv")
+    assert str(info.value).startswith(f"bad.csv:{line}: ")
+    assert words in str(info.value)
+
+
+def test_unknown_column_and_unreadable_value() -> None:
+    with pytest.raises(MapError, match=r"bad.csv:1: unknown column"):
+        parse_map("name,table,address,type,colour\n", "bad.csv")
+    text = "#! unreadable = holding:5-9\n" + HEADER + "a,holding,8,u16\n"
+    with pytest.raises(MapError, match=r"bad.csv:3: a: lies in unreadable range 5-9"):
+        parse_map(text, "bad.csv")
+
+
+def test_disjoint_bit_fields_share_a_register() -> None:
+    regmap = parse_map(HEADER + "a,holding,1,bits,,,0-7\nb,holding,1,bits,,,8-15\n")
+    assert [v.name for v in regmap.values] == ["a", "b"]
+
+
+def test_all_types_case_round_trips() -> None:
+    regmap = load_map(str(CASES / "all_types" / "map.csv"))
+    expected = json.loads((CASES / "all_types" / "expected.json").read_text())
+    for spec in regmap.values:
+        assert decode(spec, encode_value(spec, expected[spec.name])) == expected[spec.name]
+
+
+INT_TYPES = {"u16": (0, 2**16 - 1), "s16": (-(2**15), 2**15 - 1), "u32": (0, 2**32 - 1),
+             "s32": (-(2**31), 2**31 - 1), "u64": (0, 2**64 - 1), "s64": (-(2**63), 2**63 - 1)}
+
+
+@given(st.sampled_from(sorted(INT_TYPES)), st.sampled_from(ORDERS), st.data())
+def test_integer_codec_round_trip(dtype: str, order: str, data: st.DataObject) -> None:
+    low, high = INT_TYPES[dtype]
+    value = data.draw(st.integers(low, high))
+    width = {"u16": 1, "s16": 1, "u32": 2, "s32": 2, "u64": 4, "s64": 4}[dtype]
+    spec = RegisterValue("v", "holding", 0, dtype, width, order)
+    words = encode_value(spec, value)
+    assert len(words) == width and all(0 <= w <= 0xFFFF for w in words)
+    assert decode(spec, words) == value
+
+
+@given(st.sampled_from(ORDERS), st.floats(width=32, allow_nan=False, allow_infinity=False))
+def test_float_codec_round_trip(order: str, value: float) -> None:
+    spec = RegisterValue("v", "input", 0, "float32", 2, order)
+    assert decode(spec, encode_value(spec, value)) == float(f"{value:.7g}")
+
+
+def test_word_orders_put_words_where_documented() -> None:
+    value = 0x11223344
+    for order, words in {"ABCD": [0x1122, 0x3344], "CDAB": [0x3344, 0x1122],
+                         "BADC": [0x2211, 0x4433], "DCBA": [0x4433, 0x2211]}.items():
+        assert encode_value(RegisterValue("v", "holding", 0, "u32", 2, order), value) == words
+
+
+def test_write_checks() -> None:
+    regmap = load_map("eg4_v58")
+    device = ModbusDevice(1, regmap)
+    with pytest.raises(WriteRejected, match="read-only"):
+        device.check_write({"pv1_power": 3})
+    with pytest.raises(WriteRejected, match="above the maximum 100"):
+        device.check_write({"charge_power_percent": 101})
+    with pytest.raises(WriteRejected, match="not one of 0=Battery first"):
+        device.check_write({"output_priority": "Grid first"})
+    with pytest.raises(WriteRejected, match="no such value"):
+        device.check_write({"warp_drive": 1})
+    with pytest.raises(WriteRejected, match="needs 'values'"):
+        device.check_write(["charge_power_percent"])
+    with pytest.raises(WriteRejected, match="multiple of the step"):
+        to_raw(regmap["start_pv_voltage"], 123.45)
+    ops = device.check_write({"output_priority": "PV first", "start_pv_voltage": "123.4"})
+    assert [op.raw for op in ops] == [1, 1234]
+    assert device.check_write({"output_priority": 2})[0].raw == 2
+
+
+# --------------------------------------------------------------------------- the planner
+
+
+@st.composite
+def tables(draw: st.DrawFn) -> tuple[list[RegisterValue], list[tuple[str, int, int]], int]:
+    """Non-overlapping values on one table, some unreadable gaps, a batch size."""
+    n = draw(st.integers(1, 9))
+    address, values = 0, []
+    for i in range(n):
+        address += draw(st.integers(0, 30))
+        width = draw(st.sampled_from([1, 1, 2, 2, 4, 6]))
+        values.append(RegisterValue(f"v{i}", "holding", address, "string", width))
+        address += width
+    unreadable = []
+    for a, b in itertools.pairwise(values):
+        if b.address - a.end >= 1 and draw(st.booleans()) and draw(st.booleans()):
+            lo = draw(st.integers(a.end, b.address - 1))
+            unreadable.append(("holding", lo, draw(st.integers(lo, b.address - 1))))
+    batch = draw(st.integers(6, 60))
+    return values, unreadable, batch
+
+
+def _brute_force(values, unreadable, batch, link) -> float:
+    """Every way to cut the ordered values into runs: independent of the planner's DP."""
+    best = float("inf")
+    for cuts in itertools.product([False, True], repeat=len(values) - 1):
+        runs, run = [], [values[0]]
+        for cut, v in zip(cuts, values[1:], strict=True):
+            if cut:
+                runs.append(run)
+                run = [v]
+            else:
+                run.append(v)
+        runs.append(run)
+        total = 0.0
+        for r in runs:
+            start, end = r[0].address, r[-1].end
+            if end - start > batch or any(lo < end and start <= hi for _, lo, hi in unreadable):
+                total = float("inf")
+                break
+            total += link.seconds("holding", end - start)
+        best = min(best, total)
+    return best
+
+
+def _check_valid(requests: list[ReadRequest], values, unreadable, batch) -> None:
+    carried = [n for r in requests for n in r.names]
+    assert sorted(carried) == sorted(v.name for v in values)
+    by_name = {v.name: v for v in values}
+    for r in requests:
+        assert 1 <= r.count <= batch
+        assert not any(lo < r.end and r.address <= hi for _, lo, hi in unreadable)
+        for name in r.names:
+            assert r.address <= by_name[name].address and by_name[name].end <= r.end
+
+
+@given(tables(), st.sampled_from([9600, 19200, 115200]))
+def test_planner_is_the_minimum(case, baud: int) -> None:
+    values, unreadable, batch = case
+    link = LinkCost(baudrate=baud)
+    try:
+        requests = plan_table("holding", values, batch_size=batch, unreadable=unreadable,
+                              link=link)
+    except PlanError:
+        assert any(v.count > batch for v in values) or _brute_force(
+            values, unreadable, batch, link) == float("inf")
+        return
+    _check_valid(requests, values, unreadable, batch)
+    cost = sum(link.seconds("holding", r.count) for r in requests)
+    minimum = _brute_force(values, unreadable, batch, link)
+    assert cost <= minimum * 1.05 + 1e-12
+    assert cost == pytest.approx(minimum)
+    assert cost >= lower_bound(values, link, batch) - 1e-12
+
+
+def test_never_splits_a_value() -> None:
+    values = [RegisterValue("big", "holding", 0, "string", 50)]
+    with pytest.raises(PlanError, match="big: 50 registers exceed 40"):
+        plan_table("holding", values, batch_size=40)
+    values = [RegisterValue(n, "holding", 2 * i, "u32", 2) for i, n in enumerate("abc")]
+    requests = plan_table("holding", values, batch_size=5)
+    assert [(r.address, r.count) for r in requests] in ([(0, 4), (4, 2)], [(0, 2), (2, 4)])
+
+
+def test_coils_pack_eight_to_a_byte() -> None:
+    values = [RegisterValue(f"c{i}", "coil", i * 40, "bool", 1) for i in range(10)]
+    plan = plan_reads(values)
+    assert len(plan) == 1 and plan.requests[0].count == 361

@@ -1,0 +1,125 @@
+"""One Modbus device: unit id + map + read plan + decoder + write checks. No I/O here.
+
+Kept apart from the client loop so that several devices can share one bus (a later scheduler
+interleaves their plans): everything here is a function of the map and the bytes read.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from gateway.message import ValueSpec
+from protocols.read_plan import LinkCost, ReadPlan, ReadRequest, plan_reads
+from protocols.registers import (
+    INT_RANGE,
+    RegisterMap,
+    RegisterValue,
+    Value,
+    WriteRejected,
+    decode,
+    encode,
+    to_raw,
+)
+
+
+@dataclass(frozen=True)
+class WriteOp:
+    """A checked write: the value and its raw form (encoded once the current word is known)."""
+
+    spec: RegisterValue
+    raw: int | float | str | bool
+
+    @property
+    def needs_current(self) -> bool:
+        """A bit field shares its register: read it first and change only its bits."""
+        return self.spec.dtype == "bits"
+
+    def words(self, current: int = 0) -> list[int] | list[bool]:
+        return encode(self.spec, self.raw, current)
+
+
+class ModbusDevice:
+    def __init__(
+        self,
+        unit_id: int,
+        regmap: RegisterMap,
+        *,
+        batch_size: int = 0,
+        link: LinkCost | None = None,
+    ) -> None:
+        self.unit_id = unit_id
+        self.map = regmap
+        self.batch_size = batch_size or regmap.batch_size
+        self.plan: ReadPlan = plan_reads(
+            regmap.values, batch_size=self.batch_size, unreadable=regmap.unreadable, link=link
+        )
+
+    # ------------------------------------------------------------------ reading
+    def decode(self, request: ReadRequest, words: list[int] | list[bool]) -> dict[str, Value]:
+        """The values one request carried, decoded and scaled."""
+        if len(words) < request.count:
+            raise ValueError(f"short reply: {len(words)} of {request.count}")
+        out: dict[str, Value] = {}
+        for name in request.names:
+            spec = self.map[name]
+            first = spec.address - request.address
+            out[name] = decode(spec, words[first : first + spec.count])
+        return out
+
+    def single_read(self, spec: RegisterValue) -> ReadRequest:
+        return ReadRequest(spec.table, spec.address, spec.count, (spec.name,))
+
+    # ------------------------------------------------------------------ writing
+    def check_write(self, values: Any) -> list[WriteOp]:
+        """All-or-nothing check of a write command's ``values``; raises WriteRejected."""
+        if not isinstance(values, dict) or not values:
+            raise WriteRejected("a write needs 'values': {name: value, ...}")
+        ops = []
+        for name, value in values.items():
+            if name not in self.map:
+                raise WriteRejected(f"{name}: no such value in map {self.map.name}")
+            spec = self.map[name]
+            if not spec.writable:
+                raise WriteRejected(f"{name}: read-only")
+            ops.append(WriteOp(spec, to_raw(spec, value)))
+        return ops
+
+    # ------------------------------------------------------------------ describing
+    def specs(self) -> list[ValueSpec]:
+        return [value_spec(v) for v in self.map.values if v.readable]
+
+    def info(self, transport_name: str, serial: str = "") -> dict[str, str]:
+        meta = self.map.meta
+        return {
+            "transport_name": transport_name,
+            "device_identifier": f"{self.map.name}_{serial or self.unit_id}".lower(),
+            "device_manufacturer": meta.get("manufacturer", ""),
+            "device_model": meta.get("model", self.map.name),
+            "device_serial_number": serial,
+            "device_name": f"{meta.get('manufacturer', 'Modbus')} {self.map.name} #{self.unit_id}",
+        }
+
+
+def value_spec(v: RegisterValue) -> ValueSpec:
+    """What outputs (Home Assistant discovery) need to know about one map value."""
+    if v.dtype == "bool":
+        kind = "switch" if v.writable else "binary"
+    elif v.options:
+        kind = "select" if v.writable else "text"
+    elif v.dtype == "string":
+        kind = "text"
+    else:
+        kind = "number"
+    minimum, maximum, step = v.minimum, v.maximum, None
+    if kind == "number" and v.dtype != "float32":
+        step = v.scale
+        low, high = (0, (1 << v.bit_width) - 1) if v.dtype == "bits" else INT_RANGE[v.dtype]
+        ends = sorted((low * v.scale + v.offset, high * v.scale + v.offset))
+        minimum = ends[0] if minimum is None and v.writable else minimum
+        maximum = ends[1] if maximum is None and v.writable else maximum
+    return ValueSpec(
+        name=v.name, unit=v.unit, device_class=v.device_class, state_class=v.state_class,
+        writable=v.writable, minimum=minimum, maximum=maximum, step=step,
+        options=tuple(text for _, text in v.options), kind=kind,
+    )

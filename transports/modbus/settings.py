@@ -1,0 +1,76 @@
+"""The keys of a ``modbus_tcp`` / ``modbus_rtu`` section, checked once at load."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import Field, field_validator
+
+from gateway.settings import TransportSettings, serial_identity
+from protocols.registers import MapError, available_maps, load_map, map_path
+
+
+class ModbusSettings(TransportSettings):
+    """Keys both Modbus kinds share."""
+
+    protocol_version: str = Field(
+        description="register map: a shipped map's name (see protocols/maps) or a .csv path"
+    )
+    address: int = Field(default=1, ge=0, le=247, description="the device's unit id")
+    read_interval: float = Field(default=10.0, gt=0, description="seconds between scans")
+    timeout: float = Field(default=1.0, gt=0, le=60, description="seconds to wait for a reply")
+    retries: int = Field(
+        default=1, ge=0, le=10, description="re-sends of a request that got no reply"
+    )
+    request_delay: float = Field(
+        default=0.0, ge=0, le=10, description="seconds of quiet between requests (slow devices)"
+    )
+    batch_size: int = Field(
+        default=0, ge=0, le=125, description="registers per read at most; 0 = the map's limit"
+    )
+    offline_after: int = Field(
+        default=3, ge=1, description="failed scans in a row before the device counts as gone"
+    )
+    reconnect_max: float = Field(
+        default=30.0, gt=0, description="longest wait between reconnect attempts (seconds)"
+    )
+
+    @field_validator("protocol_version")
+    @classmethod
+    def _known_map(cls, value: str) -> str:
+        path = map_path(value)
+        if not path.exists():
+            raise ValueError(
+                f"unknown protocol_version {value!r}; available: {', '.join(available_maps())} "
+                "(or a path to a .csv map)"
+            )
+        try:
+            load_map(value)
+        except MapError as exc:
+            raise ValueError(f"register map {value!r} is invalid: {exc}") from None
+        return value
+
+    def where(self) -> str:
+        raise NotImplementedError
+
+
+class ModbusTcpSettings(ModbusSettings):
+    host: str = Field(default="127.0.0.1", description="the device's or gateway's host")
+    port: int = Field(default=502, ge=1, le=65535, description="Modbus TCP port")
+
+    def where(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+class ModbusRtuSettings(ModbusSettings):
+    port: str = Field(description="serial port, e.g. /dev/ttyUSB0")
+    baudrate: int = Field(default=9600, gt=0, description="bits per second")
+    parity: Literal["N", "E", "O"] = Field(default="N", description="N, E or O")
+    stopbits: Literal[1, 2] = Field(default=1, description="1 or 2")
+    bytesize: Literal[7, 8] = Field(default=8, description="7 or 8")
+
+    def claims(self) -> list[tuple[str, str]]:
+        return [("serial port", serial_identity(self.port))]
+
+    def where(self) -> str:
+        return self.port
