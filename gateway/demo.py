@@ -34,6 +34,7 @@ class DemoPart:
     argv: Callable[[int, Path], list[str]]  # (port offset, demo dir) -> arguments
     section: Callable[[int, Path], str]
     wait_port: int = 0  # base port to wait for before starting the gateway
+    wait_path: str = ""  # a file (a PTY link) to wait for, relative to the demo dir
 
 
 def _system_section(_: int, __: Path) -> str:
@@ -42,7 +43,30 @@ def _system_section(_: int, __: Path) -> str:
 
 PARTS: list[DemoPart] = [
     DemoPart("system", "", lambda o, d: [], _system_section),
+    DemoPart(
+        "inverter", "simulators.modbus_device",
+        lambda o, d: ["--map", "eg4_v58", "--tcp-port", str(5020 + o), "--day-seconds", "600"],
+        lambda o, d: ("[inverter]\ntransport = modbus_tcp\nprotocol_version = eg4_v58\n"
+                      f"host = 127.0.0.1\nport = {5020 + o}\naddress = 1\nread_interval = 5\n"
+                      "bridge = jsonl\n"),
+        wait_port=5020),
+    DemoPart(
+        "meter", "simulators.modbus_device",
+        lambda o, d: ["--map", "sdm630", "--pty-link", str(d / "ttyMETER"), "--baudrate", "9600"],
+        lambda o, d: ("[meter]\ntransport = modbus_rtu\nprotocol_version = sdm630\n"
+                      f"port = {d / 'ttyMETER'}\nbaudrate = 9600\naddress = 1\n"
+                      "read_interval = 5\nbridge = jsonl\n"),
+        wait_path="ttyMETER"),
 ]
+
+
+def _wait_path(path: Path, timeout: float = 15.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.1)
+    return False
 
 
 def _wait_listening(port: int, timeout: float = 15.0) -> bool:
@@ -67,6 +91,10 @@ def run_demo(duration: float, directory: str, instance: int) -> int:
         f"[jsonl]\ntransport = jsonl_out\npath = {work / 'readings.jsonl'}\n",
     ]
     print(f"demo directory: {work}")
+    # Simulators run from this checkout or installation, whatever the working directory.
+    root = str(Path(__file__).resolve().parent.parent)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
     try:
         for part in PARTS:
             if part.module:
@@ -76,8 +104,10 @@ def run_demo(duration: float, directory: str, instance: int) -> int:
                 log = open(work / f"{part.name}-simulator.log", "wb")
                 procs.append(subprocess.Popen(
                     [sys.executable, "-m", part.module, *part.argv(offset, work)],
-                    stdout=log, stderr=subprocess.STDOUT, cwd=work))
-                if part.wait_port and not _wait_listening(part.wait_port + offset):
+                    stdout=log, stderr=subprocess.STDOUT, cwd=work, env=env))
+                ready = (not part.wait_port or _wait_listening(part.wait_port + offset)) and (
+                    not part.wait_path or _wait_path(work / part.wait_path))
+                if not ready:
                     print(f"  {part.name}: simulator did not start, see "
                           f"{work / (part.name + '-simulator.log')}")
                     continue
