@@ -12,13 +12,16 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import dataclasses
 import json
 import logging
+import os
 import signal
 import sys
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 from typing import Any
 
 from gateway import logs, status_http
@@ -99,12 +102,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.print_config:
         print(render_ini(effective_settings(config)), end="")
         return 0
-    return run_gateway(config)
+    from gateway.instance_cli import run_guarded
+
+    return run_guarded(config, lambda: run_gateway(config))
+
+
+def for_instance(config: GatewayConfig) -> tuple[GatewayConfig, str]:
+    """The configuration transports see (state under the instance's own directory) and the
+    log file to write ("" when none is configured, or when a daemon's stderr is that file)."""
+    from gateway.daemon import DAEMON_LOG_ENV
+    from gateway.instance import InstancePaths
+
+    paths = InstancePaths.for_instance(config.general)
+    log_file = str(paths.log_file) if config.general.log_file else ""
+    if log_file and os.environ.get(DAEMON_LOG_ENV) == log_file:
+        log_file = ""
+    general = config.general.model_copy(
+        update={"state_dir": str(paths.state_dir), "log_file": log_file})
+    return dataclasses.replace(config, general=general), log_file
 
 
 def run_gateway(config: GatewayConfig, notifier: Any = None) -> int:
     """Run until SIGTERM/SIGINT; return the process exit code."""
-    log = logs.setup("supervisor", config.general.log_level, config.general.log_file)
+    config, log_file = for_instance(config)
+    if log_file:
+        Path(log_file).parent.mkdir(parents=True, exist_ok=True)
+    log = logs.setup("supervisor", config.general.log_level, log_file)
     if notifier is None:
         try:
             from gateway.sd_notify import Notifier

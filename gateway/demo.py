@@ -125,7 +125,9 @@ def run_demo(duration: float, directory: str, instance: int) -> int:
               "stop with Ctrl-C")
         if duration > 0:
             threading.Timer(duration, os.kill, (os.getpid(), signal.SIGTERM)).start()
-        return run_gateway(config)
+        from gateway.instance_cli import run_guarded
+
+        return run_guarded(config, lambda: run_gateway(config))
     finally:
         for proc in procs:
             proc.terminate()

@@ -57,7 +57,8 @@ class GatewayProcess:
             f"{general}\n{sections}")
         self.log_path = tmp / "gateway.log"
         self._log = open(self.log_path, "w")
-        env = dict(os.environ, PYTHONUNBUFFERED="1")
+        # Each test's gateways register their claims in a run directory of their own.
+        env = dict(os.environ, PYTHONUNBUFFERED="1", PGW_RUN_DIR=str(tmp / "run"))
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "protocol_gateway.py"), str(self.config), *extra_args],
             stdout=self._log, stderr=subprocess.STDOUT, cwd=tmp, env=env)
