@@ -57,6 +57,15 @@ PARTS: list[DemoPart] = [
                       f"port = {d / 'ttyMETER'}\nbaudrate = 9600\naddress = 1\n"
                       "read_interval = 5\nbridge = jsonl\n"),
         wait_path="ttyMETER"),
+    DemoPart(
+        "lighting", "simulators.qlink_controller",
+        lambda o, d: ["--port", str(3040 + o), "--auto-press", "10"],
+        lambda o, d: ("[lighting]\ntransport = qlink\nhost = 127.0.0.1\n"
+                      f"port = {3040 + o}\n"
+                      "loads = kitchen_pendant=127@1.1.2.1, hall=12@1.1.1.3, porch=14@1.1.1.4\n"
+                      "keypads = entry=1.23\nwritable_loads = kitchen_pendant, hall, porch\n"
+                      "writable_buttons = entry\nbridge = jsonl\n"),
+        wait_port=3040),
 ]
 
 
