@@ -1,0 +1,413 @@
+"""``mqtt``: readings out to a broker, commands in from it, Home Assistant discovery.
+
+Readings, availability and command results go through the store-and-forward buffer
+(gateway/buffer.py), so a broker outage or a restart of this transport loses nothing; discovery
+configs are state, not history, and are simply re-published on every (re)connect and whenever
+Home Assistant says it came online. Topic layout and payloads: transports/mqtt_discovery.py and
+docs/transports/mqtt.md.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import socket
+import time
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.buffer import BufferSettings, SinkUnavailable, StoreAndForward
+from gateway.instance import mqtt_client_id
+from gateway.message import COMMAND, EVENT, READING, STATUS, Envelope, ValueSpec
+from gateway.settings import Secret
+from transports import register
+from transports.base import Transport, TransportContext
+from transports.mqtt_client import LinkOptions, Message, MqttLink
+from transports.mqtt_discovery import (
+    OFFLINE,
+    ONLINE,
+    CommandError,
+    DeviceIdentity,
+    Topics,
+    default_spec,
+    discovery_config,
+    encode_state,
+    parse_set_payload,
+    spec_from_dict,
+    value_slug,
+)
+
+DESCRIBE_RETRY = 60.0  # seconds between describe requests to a silent source
+DESCRIBE_GRACE = 5.0  # seconds to wait for a describe before announcing plain sensors
+PENDING_MAX = 1000  # command request ids remembered for their results
+
+
+class MqttSettings(BufferSettings):
+    host: str = Field(default="127.0.0.1", description="broker host name or address")
+    port: int = Field(default=1883, ge=1, le=65535, description="broker port (8883 for TLS)")
+    username: str = Field(default="", description="user name; empty = anonymous")
+    password: Secret = Field(default=Secret(""), description="password (never logged)")
+    client_id: str = Field(
+        default="", description="MQTT client id; empty = pgw-<hostname>-<instance>-<section>"
+    )
+    base_topic: str = Field(default="protocol-gateway", description="first level of all topics")
+    discovery: bool = Field(default=True, description="publish Home Assistant discovery")
+    discovery_prefix: str = Field(default="homeassistant", description="HA discovery prefix")
+    qos: int = Field(default=1, ge=0, le=2, description="QoS of published messages")
+    retain: bool = Field(default=True, description="retain state messages")
+    keepalive: int = Field(default=60, ge=5, le=65535, description="MQTT keepalive, seconds")
+    commands: bool = Field(default=True, description="accept writes on <base>/<device>/<value>/set")
+    tls: bool = Field(default=False, description="TLS to the broker (implied by ca_file)")
+    ca_file: str = Field(default="", description="CA certificate file; empty = system CAs")
+    cert_file: str = Field(default="", description="client certificate (with key_file)")
+    key_file: str = Field(default="", description="client private key")
+    tls_insecure: bool = Field(
+        default=False, description="skip the broker host name check (testing only)"
+    )
+    reconnect_min: float = Field(default=1.0, gt=0, description="first reconnect delay, s")
+    reconnect_max: float = Field(default=30.0, gt=0, description="longest reconnect delay, s")
+    publish_timeout: float = Field(
+        default=15.0, gt=0, description="seconds to wait for the broker's acknowledgements"
+    )
+    max_inflight: int = Field(default=100, ge=1, description="unacknowledged messages at once")
+
+    @field_validator("base_topic", "discovery_prefix")
+    @classmethod
+    def _topic_prefix(cls, value: str) -> str:
+        if not value or any(c in value for c in "+#\0") or value.startswith("/") or (
+            value.endswith("/") or "//" in value
+        ):
+            raise ValueError("a topic prefix without wildcards, empty levels or edge slashes")
+        return value
+
+    @field_validator("ca_file", "cert_file", "key_file")
+    @classmethod
+    def _exists(cls, value: str) -> str:
+        if value and not Path(value).is_file():
+            raise ValueError(f"no such file: {value}")
+        return value
+
+    @model_validator(mode="after")
+    def _pairs(self) -> MqttSettings:
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError("cert_file and key_file go together")
+        if self.reconnect_min > self.reconnect_max:
+            raise ValueError("reconnect_min must not exceed reconnect_max")
+        return self
+
+    @property
+    def use_tls(self) -> bool:
+        return self.tls or bool(self.ca_file or self.cert_file)
+
+
+@dataclass
+class Device:
+    """One physical device as seen on the bridge."""
+
+    identity: DeviceIdentity
+    source: str  # the transport that owns it: commands go there
+    device_id: str  # device_identifier from its envelopes ("" for single-device transports)
+    values: dict[str, str] = field(default_factory=dict)  # topic slug -> value name
+    last: dict[str, Any] = field(default_factory=dict)  # value name -> last value seen
+    first_seen: float = field(default_factory=time.monotonic)
+
+
+@register
+class MqttTransport(Transport[MqttSettings]):
+    kind = "mqtt"
+    Settings = MqttSettings
+    accepts: ClassVar[frozenset[str]] = frozenset({READING, STATUS, EVENT})
+
+    def __init__(self, settings: MqttSettings, ctx: TransportContext) -> None:
+        super().__init__(settings, ctx)
+        self.topics = Topics(settings.base_topic, settings.discovery_prefix)
+        self.devices: dict[str, Device] = {}
+        self.specs: dict[tuple[str, str], dict[str, ValueSpec]] = {}
+        self.announced: dict[tuple[str, str], str] = {}  # (node, value) -> config topic
+        self.availability: dict[str, str] = {}
+        self.pending: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        self._asked: dict[str, float] = {}
+        self._described_sources: set[str] = set()
+        self._requests = 0
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self.buffer = StoreAndForward(
+            ctx.state_dir / "mqtt-buffer.sqlite3", settings, ctx.log, ctx.counters,
+            what=f"delivery to MQTT broker {settings.host}:{settings.port}",
+        )
+        self.link: MqttLink | None = None
+        for key in ("commands", "command_errors"):
+            ctx.counters.extra.setdefault(key, 0)
+
+    # -- life ----------------------------------------------------------------------------
+    async def connect(self) -> None:
+        self.buffer.open()
+        if self.link is not None:
+            return
+        s = self.settings
+        # Per instance: a broker drops one of two clients that share an id.
+        client_id = mqtt_client_id(s.client_id, self.ctx.general.instance) if s.client_id else (
+            f"pgw-{socket.gethostname()}-{self.ctx.general.instance}-{self.ctx.name}"
+        )
+        subscriptions: list[tuple[str, int]] = []
+        if s.commands:
+            subscriptions.append((self.topics.command_filter, 1))
+        if s.discovery:
+            subscriptions.append((self.topics.ha_status, 1))
+        self.link = MqttLink(
+            LinkOptions(
+                host=s.host, port=s.port, client_id=client_id, keepalive=s.keepalive,
+                username=s.username, password=s.password.get_secret_value(),
+                tls=s.use_tls, ca_file=s.ca_file, cert_file=s.cert_file, key_file=s.key_file,
+                tls_insecure=s.tls_insecure, reconnect_min=s.reconnect_min,
+                reconnect_max=s.reconnect_max, max_inflight=s.max_inflight,
+                will_topic=self.topics.gateway_status, will_payload=OFFLINE,
+            ),
+            self.log,
+            subscriptions,
+            on_connected=self._connected,
+            on_message=self._message,
+            birth=(self.topics.gateway_status, ONLINE, 1, True),
+        )
+        self.link.start()
+
+    async def run(self) -> None:
+        await self.connect()
+        delivery = asyncio.create_task(self.buffer.run(self))
+        stop = asyncio.create_task(self.ctx.stopping.wait())
+        try:
+            done, _ = await asyncio.wait({delivery, stop}, return_when=asyncio.FIRST_COMPLETED)
+            if delivery in done:
+                delivery.result()  # a bug in delivery is a crash: the supervisor restarts us
+        finally:
+            for task in (delivery, stop):
+                task.cancel()
+            await asyncio.gather(delivery, stop, return_exceptions=True)
+
+    async def close(self) -> None:
+        connected = self.link is not None and self.link.connected
+        await self.buffer.close(self, can_deliver=connected)
+        if self.link is not None:
+            await self.link.stop(last_words=(self.topics.gateway_status, OFFLINE, 1, True))
+            self.link = None
+        for task in list(self._tasks):
+            task.cancel()
+
+    # -- envelopes in --------------------------------------------------------------------
+    async def receive(self, envelope: Envelope) -> None:
+        await self.receive_batch([envelope])
+
+    async def receive_batch(self, envelopes: Sequence[Envelope]) -> None:
+        """Describe events update discovery; the rest is on disk when this returns."""
+        keep: list[Envelope] = []
+        for envelope in envelopes:
+            device = self._note(envelope)
+            if envelope.kind == EVENT and envelope.data.get("event") == "describe":
+                self._described(envelope, device)
+                continue
+            if envelope.kind == READING:
+                self._ask_describe(device)
+                self._announce(device)
+            keep.append(envelope)
+        self.buffer.accept(keep)
+
+    def _note(self, envelope: Envelope) -> Device:
+        """The device an envelope is about (created or refreshed from its identity)."""
+        info = envelope.source_transport_info or {}
+        if not info.get("device_identifier"):
+            same = [d for d in self.devices.values() if d.source == envelope.source_transport]
+            if len(same) == 1 and (not info or envelope.kind not in (READING, EVENT)):
+                return self._seen(same[0], envelope)
+        identity = DeviceIdentity.from_info(envelope.source_transport, info)
+        device = self.devices.get(identity.node)
+        refresh = envelope.kind in (READING, EVENT) and info and device is not None and (
+            device.identity != identity
+        )
+        if device is None or refresh:
+            old = device
+            device = Device(identity, envelope.source_transport, info.get("device_identifier", ""))
+            if old is not None:
+                device.values, device.last = old.values, old.last
+            self.devices[identity.node] = device
+        return self._seen(device, envelope)
+
+    @staticmethod
+    def _seen(device: Device, envelope: Envelope) -> Device:
+        if envelope.kind == READING:
+            for name, value in envelope.data.items():
+                device.values.setdefault(value_slug(name), name)
+                device.last[name] = value
+        return device
+
+    def spec(self, device: Device, name: str) -> ValueSpec | None:
+        own = self.specs.get((device.source, device.device_id), {})
+        return own.get(name) or self.specs.get((device.source, ""), {}).get(name)
+
+    def _described(self, envelope: Envelope, device: Device) -> None:
+        values = envelope.data.get("values") or {}
+        specs: dict[str, ValueSpec] = {}
+        for name, raw in values.items():
+            try:
+                specs[name] = spec_from_dict({**raw, "name": name})
+            except (TypeError, ValueError) as exc:
+                self.ctx.counters.error(f"bad describe for {name}: {exc}")
+                self.log.warning("describe from %s: value %r unusable: %s",
+                                 envelope.source_transport, name, exc)
+        key = (envelope.source_transport,
+               (envelope.source_transport_info or {}).get("device_identifier", ""))
+        self.specs[key] = specs
+        self._described_sources.add(envelope.source_transport)
+        for name in specs:
+            device.values.setdefault(value_slug(name), name)
+        for other in self.devices.values():
+            if other.source == envelope.source_transport:
+                self._announce(other, force=True)
+
+    def _ask_describe(self, device: Device) -> None:
+        if device.source in self._described_sources:
+            return
+        now = time.monotonic()
+        if now - self._asked.get(device.source, -DESCRIBE_RETRY) < DESCRIBE_RETRY:
+            return
+        self._asked[device.source] = now
+        self._requests += 1
+        data = {"command": "describe", "request_id": f"{self.ctx.name}-describe-{self._requests}"}
+        self._spawn(self.ctx.emit(COMMAND, data, target=device.source))
+
+    def _spawn(self, coro: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    # -- discovery -----------------------------------------------------------------------
+    def _announce(self, device: Device, force: bool = False) -> None:
+        """Publish discovery configs for the device's values not yet announced (or all)."""
+        link = self.link
+        if not self.settings.discovery or link is None or not link.connected:
+            return
+        described = device.source in self._described_sources
+        waited = time.monotonic() - device.first_seen > DESCRIBE_GRACE
+        for name in list(device.values.values()):
+            spec = self.spec(device, name)
+            if spec is None:
+                if not (described or waited) or name not in device.last:
+                    continue
+                spec = default_spec(name, device.last[name])
+            key = (device.identity.node, name)
+            if key in self.announced and not force:
+                continue
+            topic, payload = discovery_config(self.topics, device.identity, spec, self.settings.qos)
+            old = self.announced.get(key)
+            if old is not None and old != topic:
+                link.publish_nowait(old, b"", 1, True)  # the platform changed: remove the old
+            link.publish_nowait(topic, json.dumps(payload, separators=(",", ":")), 1, True)
+            self.announced[key] = topic
+
+    def _connected(self) -> None:
+        for device in self.devices.values():
+            self._announce(device, force=True)
+        self.buffer.wake()
+
+    # -- commands in ---------------------------------------------------------------------
+    def _message(self, topic: str, payload: bytes, retained: bool) -> None:
+        try:
+            self._handle_message(topic, payload, retained)
+        except Exception as exc:  # a bad message must never stop the transport
+            self.log.exception("message on %s not handled; payload %r", topic, payload[:200])
+            parsed = self.topics.parse_command(topic)
+            if parsed is not None:
+                self._refuse(*parsed, payload, CommandError("error", f"internal error: {exc}"))
+
+    def _handle_message(self, topic: str, payload: bytes, retained: bool) -> None:
+        if topic == self.topics.ha_status:
+            if payload.strip().lower() == ONLINE.encode():
+                self._connected()
+            return
+        parsed = self.topics.parse_command(topic)
+        if parsed is None:
+            return
+        node, slug_ = parsed
+        if retained:
+            self._refuse(node, slug_, payload, CommandError(
+                "rejected", "retained command ignored (a retained /set would replay forever)"))
+            return
+        device = self.devices.get(node)
+        if device is None:
+            self._refuse(node, slug_, payload, CommandError("unknown_device",
+                                                            f"no device {node!r} seen yet"))
+            return
+        name = device.values.get(slug_, slug_)
+        try:
+            value, request_id = parse_set_payload(payload, self.spec(device, name))
+        except CommandError as exc:
+            self._refuse(node, slug_, payload, exc)
+            return
+        self._requests += 1
+        request_id = request_id or f"{self.ctx.name}-{self._requests}"
+        data: dict[str, Any] = {"command": "write", "values": {name: value},
+                                "request_id": request_id}
+        if device.device_id:
+            data["device"] = device.device_id
+        self.pending[request_id] = (node, name)
+        while len(self.pending) > PENDING_MAX:
+            self.pending.popitem(last=False)
+        self.ctx.counters.extra["commands"] = int(self.ctx.counters.extra["commands"]) + 1
+        self._spawn(self.ctx.emit(COMMAND, data, target=device.source))
+
+    def _refuse(self, node: str, value: str, payload: bytes, exc: CommandError) -> None:
+        self.ctx.counters.extra["command_errors"] = (
+            int(self.ctx.counters.extra["command_errors"]) + 1
+        )
+        self.ctx.counters.error(exc.detail)
+        self.log.warning("command on %s/%s refused (%s): %s; payload %r",
+                         node, value, exc.result, exc.detail, payload[:200])
+        body = {"value": value, "ok": False, "result": exc.result, "detail": exc.detail,
+                "request_id": "", "payload": payload[:200].decode("utf-8", "backslashreplace")}
+        if self.link is not None:
+            self.link.publish_nowait(self.topics.result(node), json.dumps(body), 1, False)
+
+    # -- the sink the buffer writes to ---------------------------------------------------
+    async def write(self, batch: Sequence[Envelope]) -> None:
+        if self.link is None:
+            raise SinkUnavailable("MQTT client not started")
+        messages, availability = self._render(batch)
+        await self.link.publish_many(messages, self.settings.publish_timeout)
+        self.availability.update(availability)
+
+    def _render(self, batch: Sequence[Envelope]) -> tuple[list[Message], dict[str, str]]:
+        qos, retain, topics = self.settings.qos, self.settings.retain, self.topics
+        messages: list[Message] = []
+        availability: dict[str, str] = {}
+        for env in batch:
+            device = self._note(env)
+            node = device.identity.node
+            if env.kind == READING:
+                if node not in self.availability and node not in availability:
+                    availability[node] = ONLINE
+                    messages.append((topics.availability(node), ONLINE, qos, True))
+                for name, value in env.data.items():
+                    messages.append((topics.state(node, value_slug(name)),
+                                     encode_state(value, self.spec(device, name)), qos, retain))
+            elif env.kind == STATUS:
+                state = ONLINE if env.data.get("available") else OFFLINE
+                availability[node] = state
+                messages.append((topics.availability(node), state, qos, True))
+            elif env.data.get("event") == "command_result":
+                messages.append(self._result_message(env, node))
+            else:
+                messages.append((topics.event(node), json.dumps(env.data, default=str), qos,
+                                 False))
+        return messages, availability
+
+    def _result_message(self, env: Envelope, node: str) -> Message:
+        data = env.data
+        request_id = str(data.get("request_id", ""))
+        target, value = self.pending.pop(request_id, (node, ""))
+        body = {"request_id": request_id, "value": value, "ok": bool(data.get("ok")),
+                "result": data.get("result", ""), "detail": data.get("detail", ""),
+                "command": data.get("command", "")}
+        return self.topics.result(target), json.dumps(body, default=str), self.settings.qos, False
