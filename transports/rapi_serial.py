@@ -1,0 +1,502 @@
+"""``transport = rapi_serial``: an OpenEVSE controller over RAPI on a serial port, PTY or TCP.
+
+This module only moves bytes and keeps time: framing and checksums are ``protocols/rapi.py``,
+reply decoding ``protocols/rapi_replies.py``, readings, value specs and command planning
+``protocols/rapi_values.py``. Shape of the conversation, as the OpenEVSE WiFi module has it: one
+command in flight, a short timeout, async lines (``$AT``...) handled as events whenever they come,
+also between a command and its reply. A sequence id on each command lets a late reply be told
+from the awaited one when the peer echoes it; a peer that doesn't still works.
+
+pyserial is blocking, so a small thread reads and hands bytes to the loop; writes go through a
+one-thread executor. ``serial_for_url`` gives serial devices, PTYs and ``socket://host:port``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import re
+import threading
+import time
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
+from typing import Any
+
+import serial
+from pydantic import Field
+
+from gateway.backoff import Backoff, FailureLog
+from gateway.message import Envelope, command_result, describe_event
+from gateway.settings import TransportSettings, serial_identity
+from protocols import rapi_replies as rr
+from protocols.rapi import (
+    RapiCommandError,
+    RapiFrame,
+    RapiGarbage,
+    RapiParser,
+    encode_command,
+    escape,
+)
+from protocols.rapi_values import (
+    HEARTBEAT_ACK,
+    POLLED,
+    CommandRejected,
+    Snapshot,
+    plan_command,
+    set_current_step,
+    step_outcome,
+    value_specs,
+)
+from transports import register
+from transports.base import Transport, TransportContext
+
+#: this many commands in a row without an answer: the controller is gone, reconnect.
+DEAD_AFTER_TIMEOUTS = 3
+#: a poll woken early (after a command or an $AT) comes at least this long after the last.
+MIN_POLL_GAP = 1.0
+
+
+class RapiSerialSettings(TransportSettings):
+    port: str = Field(description="serial device, PTY path or socket://host:port")
+    baudrate: int = Field(default=115200, gt=0, description="serial speed (ignored for TCP)")
+    read_interval: float = Field(default=5.0, gt=0, description="seconds between status polls")
+    command_timeout: float = Field(default=0.5, gt=0, description="seconds to wait for a reply")
+    use_sequence_ids: bool = Field(default=True, description="tag commands with :ss ids")
+    reconnect_backoff_ms: int = Field(default=1000, gt=0, description="first reconnect wait")
+    reconnect_timeout_sec: float = Field(
+        default=60.0, ge=0, description="give up (crash, supervisor restarts) after; 0 = never"
+    )
+    heartbeat_interval: int = Field(
+        default=0, ge=0, le=65535, description="$SY supervision interval we pulse; 0 = off"
+    )
+    heartbeat_amps: int = Field(default=6, ge=0, le=255, description="$SY fallback current")
+
+    def claims(self) -> list[tuple[str, str]]:
+        if "://" in self.port:
+            return []
+        return [("serial port", serial_identity(self.port))]
+
+
+async def wait_event(event: asyncio.Event, timeout: float) -> bool:
+    """Wait for ``event`` at most ``timeout`` s. Not ``asyncio.wait_for``: on 3.11 that can
+    swallow a cancellation arriving as the event fires, and a stop would hang."""
+    try:
+        async with asyncio.timeout(timeout):
+            await event.wait()
+    except TimeoutError:
+        return False
+    return True
+
+
+class LinkDown(Exception):
+    """The port closed or the controller stopped answering: reconnect, don't crash."""
+
+
+class SerialLink:
+    """A pyserial port read by a thread; bytes and loss are handed to the event loop."""
+
+    def __init__(self, port: str, baudrate: int) -> None:
+        self.port = port
+        self.baudrate = baudrate
+        self._serial: Any = None
+        self._thread: threading.Thread | None = None
+        self._closed = threading.Event()
+        self._writer = ThreadPoolExecutor(1, thread_name_prefix="rapi-write")
+
+    def _open_blocking(self) -> None:
+        exclusive = None if "://" in self.port else True
+        self._serial = serial.serial_for_url(
+            self.port, baudrate=self.baudrate, timeout=0.1, write_timeout=2, exclusive=exclusive
+        )
+        with contextlib.suppress(serial.SerialException, OSError, NotImplementedError):
+            self._serial.reset_input_buffer()  # what a PTY held for nobody is stale
+
+    async def open(self, on_data: Callable[[bytes], None], on_lost: Callable[[str], None]) -> None:
+        loop = asyncio.get_running_loop()
+        await loop.run_in_executor(self._writer, self._open_blocking)
+
+        def reader() -> None:
+            while not self._closed.is_set():
+                try:
+                    data = self._serial.read(max(1, self._serial.in_waiting))
+                except Exception as exc:  # noqa: BLE001 - any read failure means the link is gone
+                    if not self._closed.is_set():
+                        loop.call_soon_threadsafe(on_lost, f"read failed: {exc}")
+                    return
+                if data:
+                    loop.call_soon_threadsafe(on_data, data)
+
+        self._thread = threading.Thread(target=reader, name="rapi-read", daemon=True)
+        self._thread.start()
+
+    async def write(self, data: bytes) -> None:
+        loop = asyncio.get_running_loop()
+        try:
+            await loop.run_in_executor(self._writer, self._serial.write, data)
+        except (serial.SerialException, OSError, AttributeError) as exc:
+            raise LinkDown(f"write failed: {exc}") from exc
+
+    async def close(self) -> None:
+        self._closed.set()
+        if self._thread is not None:
+            await asyncio.to_thread(self._thread.join, 2)
+        if self._serial is not None:
+            with contextlib.suppress(Exception):
+                self._serial.close()
+        self._writer.shutdown(wait=False)
+
+
+@register
+class RapiSerialTransport(Transport[RapiSerialSettings]):
+    kind = "rapi_serial"
+    Settings = RapiSerialSettings
+    accepts = frozenset({"command"})
+
+    def __init__(self, settings: RapiSerialSettings, ctx: TransportContext) -> None:
+        super().__init__(settings, ctx)
+        self.snapshot = Snapshot()
+        self.info: dict[str, str] = {"transport_name": ctx.name}
+        self._parser = RapiParser()
+        self._link: SerialLink | None = None
+        self._lock = asyncio.Lock()
+        self._pending: tuple[int | None, asyncio.Future[RapiFrame]] | None = None
+        self._seq = 0
+        self._use_seq = settings.use_sequence_ids
+        self._timeouts_in_row = 0
+        self._lost = asyncio.Event()
+        self._lost_reason = ""
+        self._wake = asyncio.Event()
+        self._outbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        self._connected = False
+        self._available: bool | None = None
+        self._unsupported: set[str] = set()
+        self._rapi: tuple[int, ...] = (5,)
+        self._pulse_interval = float(settings.heartbeat_interval)
+        self._last_current: int | None = None
+        self._garbage_logged = 0.0
+        for key in ("garbage", "timeouts", "stale_replies", "bad_replies", "commands"):
+            ctx.counters.extra.setdefault(f"rapi_{key}", 0)
+
+    # -- life -----------------------------------------------------------------------------
+    async def run(self) -> None:
+        s = self.settings
+        backoff = Backoff(s.reconnect_backoff_ms / 1000.0, 30.0, s.reconnect_timeout_sec)
+        failure = FailureLog(self.log, f"RAPI controller at {s.port}")
+        while not self.ctx.stopping.is_set():
+            reason = await self._connect_and_serve(failure, backoff)
+            if reason is None:
+                return
+            failure.failed(reason)
+            self.ctx.counters.error(reason)
+            await self._status(False, reason)
+            delay = backoff.next_delay()
+            if delay is None:
+                raise LinkDown(f"{s.port}: gave up after {s.reconnect_timeout_sec:g} s: {reason}")
+            await wait_event(self.ctx.stopping, delay)
+
+    async def close(self) -> None:
+        if self._link is not None:
+            await self._link.close()
+            self._link = None
+
+    async def _connect_and_serve(self, failure: FailureLog, backoff: Backoff) -> str | None:
+        """One connection's life; returns why it ended, or None when we are stopping."""
+        self._lost.clear()
+        self._lost_reason = ""
+        self._parser.reset()
+        self._timeouts_in_row = 0
+        self._unsupported.clear()
+        link = SerialLink(self.settings.port, self.settings.baudrate)
+        try:
+            await link.open(self._on_data, self._on_lost)
+        except (serial.SerialException, OSError, ValueError) as exc:
+            await link.close()
+            return f"cannot open: {exc}"
+        self._link = link
+        tasks = {
+            asyncio.create_task(self._serve(failure, backoff), name="rapi-serve"),
+            asyncio.create_task(self._lost.wait()),
+            asyncio.create_task(self.ctx.stopping.wait()),
+        }
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            reason: str | None = None
+            for task in done:
+                if task.get_name() == "rapi-serve":
+                    exc = task.exception()
+                    if isinstance(exc, LinkDown):
+                        reason = str(exc)
+                    elif exc is not None:
+                        raise exc
+            if self._lost.is_set():
+                reason = self._lost_reason
+            return None if self.ctx.stopping.is_set() else reason
+        finally:
+            for task in tasks:
+                task.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self._link = None
+            self._connected = False
+            await link.close()
+            if self._pending is not None and not self._pending[1].done():
+                self._pending[1].set_exception(LinkDown("disconnected"))
+            if not self.ctx.stopping.is_set():
+                await self._status(False, self._lost_reason or "disconnected")
+
+    async def _serve(self, failure: FailureLog, backoff: Backoff) -> None:
+        drain = asyncio.create_task(self._drain_outbox())
+        pulse = asyncio.create_task(self._pulse())
+        try:
+            await self._identify()
+            failure.recovered()
+            backoff.reset()
+            self._connected = True
+            await self._status(True, "connected")
+            await self._emit("event", describe_event(value_specs(self.snapshot.current_range)))
+            await self._restore()
+            gap = min(MIN_POLL_GAP, self.settings.read_interval)
+            while True:
+                self._wake.clear()
+                polled = time.monotonic()
+                await self._poll()
+                await self._emit("reading", self.snapshot.reading())
+                await wait_event(self._wake, self.settings.read_interval)
+                # a woken poll (after a command or $AT) waits out the gap: a burst of
+                # set_current must not turn into a burst of polls on a 115200 baud line
+                await asyncio.sleep(max(0.0, gap - (time.monotonic() - polled)))
+        finally:
+            for task in (drain, pulse):
+                task.cancel()
+            await asyncio.gather(drain, pulse, return_exceptions=True)
+
+    async def _identify(self) -> None:
+        self._use_seq = self.settings.use_sequence_ids
+        version = await self._ask("GV")
+        if version is None and self._use_seq:
+            self._use_seq = False  # a pre-3.0 controller takes ":ss" for a parameter
+            version = await self._ask("GV")
+            if version is not None:
+                self.log.info("controller refuses sequence ids; sending without")
+        if version is None:
+            raise LinkDown("no answer to $GV")
+        v = rr.parse_version(version)
+        self._rapi = v.rapi_tuple or (5,)
+        mcu = await self._ask("GI")
+        raw_id = mcu[0] if mcu else serial_identity(self.settings.port)
+        ident = re.sub(r"[^A-Za-z0-9]+", "_", raw_id).strip("_")
+        self.info.update(
+            device_identifier=f"openevse_{ident}",
+            device_manufacturer="OpenEVSE",
+            device_model=f"OpenEVSE controller (RAPI {v.rapi or '?'})",
+            device_serial_number=mcu[0] if mcu else "",
+            device_name=self.ctx.name,
+            firmware_version=v.firmware,
+        )
+        await self._ask_into("GC")
+        self.log.info("RAPI controller %s firmware %s RAPI %s", ident, v.firmware, v.rapi)
+
+    async def _restore(self) -> None:
+        """After a (re)connect or a controller boot: heartbeat and our volatile current."""
+        s = self.settings
+        if s.heartbeat_interval > 0:
+            await self._ask("SY", str(s.heartbeat_interval), str(s.heartbeat_amps))
+        if self._last_current is not None:
+            await self._ask("SC", *set_current_step(self._last_current).params)
+
+    async def _poll(self) -> None:
+        names = POLLED + (("GY",) if self._pulse_interval > 0 or self.snapshot.heartbeat else ())
+        for name in names:
+            await self._ask_into(name)
+
+    async def _pulse(self) -> None:
+        """Our own ``$SY`` pulses; a missed one is acknowledged and our current re-sent."""
+        while True:
+            interval = self._pulse_interval
+            await asyncio.sleep(max(0.2, interval / 3.0) if interval > 0 else 1.0)
+            if interval <= 0 or not self._connected:
+                continue
+            try:
+                reply = await self._request("SY", dead_check=False)
+                if reply is not None and not reply.ok:
+                    self.log.warning("controller reports a missed heartbeat; acknowledging")
+                    await self._request("SY", str(HEARTBEAT_ACK), dead_check=False)
+                    if self._last_current is not None:
+                        step = set_current_step(self._last_current)
+                        await self._request(step.name, *step.params, dead_check=False)
+                    await self._emit("event", {"event": "heartbeat_missed"})
+            except LinkDown:
+                continue  # the session notices and reconnects
+
+    # -- requests -------------------------------------------------------------------------
+    async def _ask(self, name: str, *params: str) -> tuple[str, ...] | None:
+        """Params of an ``$OK`` reply, or None (NK, timeout: logged by ``_request``)."""
+        reply = await self._request(name, *params)
+        return reply.params if reply is not None and reply.ok else None
+
+    async def _ask_into(self, name: str) -> None:
+        """Poll one get command into the snapshot; a command answered NK isn't asked again."""
+        if name in self._unsupported:
+            return
+        reply = await self._request(name)
+        if reply is None:
+            return
+        if not reply.ok:
+            self._unsupported.add(name)
+            self.log.info("controller answers $%s with $NK; not asking again", name)
+            return
+        try:
+            self.snapshot.apply(name, reply.params, self._rapi)
+        except rr.RapiReplyError as exc:
+            self.ctx.counters.extra["rapi_bad_replies"] += 1
+            self.ctx.counters.error(str(exc))
+            self.log.warning("%s: %s", exc, escape(reply.raw))
+
+    async def _request(
+        self, name: str, *params: str, retries: int = 0, dead_check: bool = True
+    ) -> RapiFrame | None:
+        """Send one command, wait for its reply; None on timeout. Raises LinkDown (also, with
+        ``dead_check``, when too many commands in a row went unanswered)."""
+        link = self._link
+        if link is None or self._lost.is_set():
+            raise LinkDown(self._lost_reason or "not connected")
+        for _attempt in range(retries + 1):
+            async with self._lock:
+                seq = None
+                if self._use_seq:
+                    self._seq = self._seq % 0xFF + 1
+                    seq = self._seq
+                line = encode_command(name, *params, seq=seq)
+                future: asyncio.Future[RapiFrame] = asyncio.get_running_loop().create_future()
+                self._pending = (seq, future)
+                try:
+                    await link.write(line)
+                    async with asyncio.timeout(self.settings.command_timeout):
+                        return await future
+                except TimeoutError:
+                    self.ctx.counters.extra["rapi_timeouts"] += 1
+                    self._timeouts_in_row += 1
+                    self.log.debug("no reply to %r", line)
+                finally:
+                    self._pending = None
+            if dead_check and self._timeouts_in_row >= DEAD_AFTER_TIMEOUTS:
+                raise LinkDown(f"no reply to {DEAD_AFTER_TIMEOUTS} commands in a row")
+        return None
+
+    # -- bytes in (called on the loop by the reader thread) -------------------------------
+    def _on_lost(self, reason: str) -> None:
+        self._lost_reason = reason
+        self._lost.set()
+        if self._pending is not None and not self._pending[1].done():
+            self._pending[1].set_exception(LinkDown(reason))
+
+    def _on_data(self, data: bytes) -> None:
+        for event in self._parser.feed(data):
+            if isinstance(event, RapiGarbage):
+                self._garbage(event)
+            elif event.is_reply:
+                self._reply(event)
+            elif event.is_async:
+                self._async(event)
+            else:
+                self._garbage(RapiGarbage("unexpected", event.raw, f"${event.name} from device"))
+
+    def _reply(self, frame: RapiFrame) -> None:
+        pending = self._pending
+        if pending is None or pending[1].done():
+            self.ctx.counters.extra["rapi_stale_replies"] += 1
+            self.log.debug("reply with no command waiting: %s", escape(frame.raw))
+            return
+        seq, future = pending
+        if seq is not None and frame.seq is not None and frame.seq != seq:
+            self.ctx.counters.extra["rapi_stale_replies"] += 1
+            self.log.debug("late reply (seq %02X, waiting %02X) dropped", frame.seq, seq)
+            return
+        self._timeouts_in_row = 0
+        future.set_result(frame)
+
+    def _async(self, frame: RapiFrame) -> None:
+        try:
+            if frame.name == "AT":
+                self.snapshot.apply_async(rr.parse_async_state(frame.params))
+                self._outbox.put_nowait(("reading", self.snapshot.reading()))
+                self._wake.set()
+            elif frame.name == "AB":
+                boot = rr.parse_boot(frame.params)
+                self.log.warning("controller rebooted (post code %02x)", boot.postcode)
+                self._outbox.put_nowait(("event", {"event": "boot", "postcode": boot.postcode}))
+                self._outbox.put_nowait(("restore", {}))
+            elif frame.name == "AN":
+                long_press = frame.params[:1] == ("1",)
+                self._outbox.put_nowait(("event", {"event": "button", "long": long_press}))
+        except rr.RapiReplyError as exc:
+            self.ctx.counters.extra["rapi_bad_replies"] += 1
+            self.log.warning("%s", exc)
+
+    def _garbage(self, garbage: RapiGarbage) -> None:
+        self.ctx.counters.extra["rapi_garbage"] += 1
+        self.ctx.counters.error(garbage.describe())
+        now = time.monotonic()
+        if now - self._garbage_logged > 10.0:
+            self._garbage_logged = now
+            self.log.warning("%s (counted; further ones within 10 s at DEBUG)", garbage.describe())
+        else:
+            self.log.debug("%s", garbage.describe())
+
+    async def _drain_outbox(self) -> None:
+        while True:
+            kind, data = await self._outbox.get()
+            if kind == "restore":
+                with contextlib.suppress(LinkDown):
+                    await self._restore()
+            else:
+                await self._emit(kind, data)
+
+    # -- envelopes ------------------------------------------------------------------------
+    async def _emit(self, kind: str, data: dict[str, Any], target: Any = None) -> None:
+        await self.ctx.emit(kind, data, target=target, info=dict(self.info))
+
+    async def _status(self, available: bool, reason: str) -> None:
+        """Availability, sent when it changes (once per outage, once per recovery)."""
+        if available != self._available:
+            self._available = available
+            await self._emit("status", {"available": available, "reason": reason})
+
+    async def receive(self, envelope: Envelope) -> None:
+        data = envelope.data
+        reply_to = envelope.source_transport
+        if data.get("command") == "describe":
+            spec = describe_event(value_specs(self.snapshot.current_range))
+            await self._emit("event", spec)
+            await self._emit("event", command_result(data, True, "ok"), target=reply_to)
+            return
+        result = await self._execute(data)
+        self.ctx.counters.extra["rapi_commands"] += 1
+        await self._emit("event", result, target=reply_to)
+        self._wake.set()
+
+    async def _execute(self, data: dict[str, Any]) -> dict[str, Any]:
+        try:
+            plan = plan_command(data)
+        except CommandRejected as exc:
+            self.log.warning("command %r rejected: %s", data.get("command"), exc)
+            return command_result(data, False, exc.result, str(exc))
+        if not self._connected:
+            return command_result(data, False, "error", "controller not connected")
+        extra: dict[str, Any] = {}
+        for step in plan.steps:
+            try:
+                reply = await self._request(step.name, *step.params, retries=1, dead_check=False)
+            except RapiCommandError as exc:
+                return command_result(data, False, "rejected", str(exc))
+            except LinkDown as exc:
+                return command_result(data, False, "error", f"link lost: {exc}")
+            if reply is None:
+                return command_result(data, False, "timeout", f"no reply to ${step.name}", **extra)
+            extra.update(step_outcome(step, reply.ok, reply.params))
+            if step.name == "SC" and (reply.ok or "amps" in extra):
+                self._last_current = extra["amps"]
+            if not reply.ok:
+                return command_result(data, False, "nk", f"${step.name} answered NK", **extra)
+        if plan.pulse_interval is not None:
+            self._pulse_interval = plan.pulse_interval
+        return command_result(data, True, "ok", **extra)
