@@ -44,6 +44,14 @@ def _system_section(_: int, __: Path) -> str:
 PARTS: list[DemoPart] = [
     DemoPart("system", "", lambda o, d: [], _system_section),
     DemoPart(
+        "charger", "simulators.rapi_device",
+        lambda o, d: ["--mode", "tcp", "--tcp-port", str(8023 + o), "--http-port", str(8024 + o),
+                      "--plugged", "--soc", "0.4"],
+        lambda o, d: ("[charger]\ntransport = rapi_serial\n"
+                      f"port = socket://127.0.0.1:{8023 + o}\nread_interval = 5\n"
+                      "bridge = jsonl\n"),
+        wait_port=8023),
+    DemoPart(
         "inverter", "simulators.modbus_device",
         lambda o, d: ["--map", "eg4_v58", "--tcp-port", str(5020 + o), "--day-seconds", "600"],
         lambda o, d: ("[inverter]\ntransport = modbus_tcp\nprotocol_version = eg4_v58\n"
