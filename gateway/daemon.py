@@ -31,7 +31,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import NoReturn, TextIO
 
-from gateway.instance import InstancePaths, PidFile, process_alive, process_start_ticks
+from gateway.instance import InstancePaths
+from gateway.pidfile import PidFile, process_alive, process_start_ticks
 from gateway.sd_notify import STARTER_ENV
 
 #: Set inside a daemon to its log file: stdout/stderr already go there, so the logging setup

@@ -20,17 +20,11 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gateway.claims import ClaimConflict, ClaimRegistry, effective_claims, hold_config_claims
 from gateway.config import ConfigError, GatewayConfig, load_config
 from gateway.daemon import instance_status, run_foreground, start_daemon, stop_instance
-from gateway.instance import (
-    ClaimConflict,
-    ClaimRegistry,
-    InstancePaths,
-    PidFile,
-    effective_claims,
-    hold_config_claims,
-    info_table,
-)
+from gateway.instance import InstancePaths, info_table
+from gateway.pidfile import PidFile
 
 ETC_DIR = Path("/etc/protocol-gateway")
 ACTIONS = ("start", "stop", "status", "logs", "clean", "info")

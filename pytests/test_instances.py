@@ -24,24 +24,20 @@ from pathlib import Path
 
 import pytest
 
+from gateway.claims import Claim, ClaimConflict, ClaimRegistry, effective_claims
 from gateway.config import GatewayConfig, TransportConfig
 from gateway.daemon import instance_status, stop_instance, unit_from_cgroup
 from gateway.instance import (
-    Claim,
-    ClaimConflict,
-    ClaimRegistry,
     InstancePaths,
-    PidFile,
-    effective_claims,
     info_table,
     instance_log_file,
     mdns_name,
     mqtt_client_id,
     offset_address,
     offset_port,
-    process_alive,
 )
 from gateway.instance_cli import main_instance, run_guarded
+from gateway.pidfile import PidFile, process_alive
 from gateway.settings import GeneralSettings, TransportSettings
 from pytests.helpers import free_port, wait_for
 
@@ -51,7 +47,8 @@ STAND_IN = textwrap.dedent("""
     import os, signal, socket, sys, time
     sys.path.insert(0, {root!r})
     from gateway.daemon import start_daemon
-    from gateway.instance import ClaimRegistry, InstancePaths, offset_port
+    from gateway.claims import ClaimRegistry
+    from gateway.instance import InstancePaths, offset_port
     from gateway.sd_notify import Notifier
     from gateway.settings import GeneralSettings
 

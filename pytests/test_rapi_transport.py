@@ -19,7 +19,8 @@ from gateway.message import Envelope
 from pytests.helpers import Harness, async_wait_for, free_port, wait_for
 from simulators.rapi_device import RapiDevice
 from simulators.rapi_responder import Quirks
-from transports.rapi_serial import LinkDown, RapiSerialSettings, RapiSerialTransport
+from transports.rapi_serial import RapiSerialSettings, RapiSerialTransport
+from transports.serial_link import LinkDown
 
 ROOT = Path(__file__).resolve().parent.parent
 

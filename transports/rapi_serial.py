@@ -7,48 +7,33 @@ command in flight, a short timeout, async lines (``$AT``...) handled as events w
 also between a command and its reply. A sequence id on each command lets a late reply be told
 from the awaited one when the peer echoes it; a peer that doesn't still works.
 
-pyserial is blocking, so a small thread reads and hands bytes to the loop; writes go through a
-one-thread executor. ``serial_for_url`` gives serial devices, PTYs and ``socket://host:port``.
+Neighbours: ``transports/serial_link.py`` turns the pyserial port (serial device, PTY or
+``socket://host:port``) into an asyncio byte link; ``transports/rapi_commands.py`` runs command
+envelopes step by step. What stays here is the life cycle: connect, identify, poll, pulse the
+heartbeat, match replies to the command in flight, reconnect with backoff.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import re
-import threading
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
-import serial
 from pydantic import Field
 
 from gateway.backoff import Backoff, FailureLog
 from gateway.message import Envelope, command_result, describe_event
 from gateway.settings import TransportSettings, serial_identity
 from protocols import rapi_replies as rr
-from protocols.rapi import (
-    RapiCommandError,
-    RapiFrame,
-    RapiGarbage,
-    RapiParser,
-    encode_command,
-    escape,
-)
-from protocols.rapi_values import (
-    HEARTBEAT_ACK,
-    POLLED,
-    CommandRejected,
-    Snapshot,
-    plan_command,
-    set_current_step,
-    step_outcome,
-    value_specs,
-)
+from protocols.rapi import RapiFrame, RapiGarbage, RapiParser, encode_command, escape
+from protocols.rapi_values import HEARTBEAT_ACK, POLLED, Snapshot, set_current_step, value_specs
 from transports import register
 from transports.base import Transport, TransportContext
+from transports.rapi_commands import CommandState, execute_command
+from transports.serial_link import OPEN_ERRORS, LinkDown, SerialLink
 
 #: this many commands in a row without an answer: the controller is gone, reconnect.
 DEAD_AFTER_TIMEOUTS = 3
@@ -88,64 +73,6 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
     return True
 
 
-class LinkDown(Exception):
-    """The port closed or the controller stopped answering: reconnect, don't crash."""
-
-
-class SerialLink:
-    """A pyserial port read by a thread; bytes and loss are handed to the event loop."""
-
-    def __init__(self, port: str, baudrate: int) -> None:
-        self.port = port
-        self.baudrate = baudrate
-        self._serial: Any = None
-        self._thread: threading.Thread | None = None
-        self._closed = threading.Event()
-        self._writer = ThreadPoolExecutor(1, thread_name_prefix="rapi-write")
-
-    def _open_blocking(self) -> None:
-        exclusive = None if "://" in self.port else True
-        self._serial = serial.serial_for_url(
-            self.port, baudrate=self.baudrate, timeout=0.1, write_timeout=2, exclusive=exclusive
-        )
-        with contextlib.suppress(serial.SerialException, OSError, NotImplementedError):
-            self._serial.reset_input_buffer()  # what a PTY held for nobody is stale
-
-    async def open(self, on_data: Callable[[bytes], None], on_lost: Callable[[str], None]) -> None:
-        loop = asyncio.get_running_loop()
-        await loop.run_in_executor(self._writer, self._open_blocking)
-
-        def reader() -> None:
-            while not self._closed.is_set():
-                try:
-                    data = self._serial.read(max(1, self._serial.in_waiting))
-                except Exception as exc:  # noqa: BLE001 - any read failure means the link is gone
-                    if not self._closed.is_set():
-                        loop.call_soon_threadsafe(on_lost, f"read failed: {exc}")
-                    return
-                if data:
-                    loop.call_soon_threadsafe(on_data, data)
-
-        self._thread = threading.Thread(target=reader, name="rapi-read", daemon=True)
-        self._thread.start()
-
-    async def write(self, data: bytes) -> None:
-        loop = asyncio.get_running_loop()
-        try:
-            await loop.run_in_executor(self._writer, self._serial.write, data)
-        except (serial.SerialException, OSError, AttributeError) as exc:
-            raise LinkDown(f"write failed: {exc}") from exc
-
-    async def close(self) -> None:
-        self._closed.set()
-        if self._thread is not None:
-            await asyncio.to_thread(self._thread.join, 2)
-        if self._serial is not None:
-            with contextlib.suppress(Exception):
-                self._serial.close()
-        self._writer.shutdown(wait=False)
-
-
 @register
 class RapiSerialTransport(Transport[RapiSerialSettings]):
     kind = "rapi_serial"
@@ -171,8 +98,7 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
         self._available: bool | None = None
         self._unsupported: set[str] = set()
         self._rapi: tuple[int, ...] = (5,)
-        self._pulse_interval = float(settings.heartbeat_interval)
-        self._last_current: int | None = None
+        self._commanded = CommandState(pulse_interval=float(settings.heartbeat_interval))
         self._garbage_logged = 0.0
         for key in ("garbage", "timeouts", "stale_replies", "bad_replies", "commands"):
             ctx.counters.extra.setdefault(f"rapi_{key}", 0)
@@ -206,10 +132,10 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
         self._parser.reset()
         self._timeouts_in_row = 0
         self._unsupported.clear()
-        link = SerialLink(self.settings.port, self.settings.baudrate)
+        link = SerialLink(self.settings.port, self.settings.baudrate, name="rapi")
         try:
             await link.open(self._on_data, self._on_lost)
-        except (serial.SerialException, OSError, ValueError) as exc:
+        except OPEN_ERRORS as exc:
             await link.close()
             return f"cannot open: {exc}"
         self._link = link
@@ -300,18 +226,19 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
         s = self.settings
         if s.heartbeat_interval > 0:
             await self._ask("SY", str(s.heartbeat_interval), str(s.heartbeat_amps))
-        if self._last_current is not None:
-            await self._ask("SC", *set_current_step(self._last_current).params)
+        if self._commanded.last_current is not None:
+            await self._ask("SC", *set_current_step(self._commanded.last_current).params)
 
     async def _poll(self) -> None:
-        names = POLLED + (("GY",) if self._pulse_interval > 0 or self.snapshot.heartbeat else ())
+        heartbeat = self._commanded.pulse_interval > 0 or self.snapshot.heartbeat
+        names = POLLED + (("GY",) if heartbeat else ())
         for name in names:
             await self._ask_into(name)
 
     async def _pulse(self) -> None:
         """Our own ``$SY`` pulses; a missed one is acknowledged and our current re-sent."""
         while True:
-            interval = self._pulse_interval
+            interval = self._commanded.pulse_interval
             await asyncio.sleep(max(0.2, interval / 3.0) if interval > 0 else 1.0)
             if interval <= 0 or not self._connected:
                 continue
@@ -320,8 +247,8 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
                 if reply is not None and not reply.ok:
                     self.log.warning("controller reports a missed heartbeat; acknowledging")
                     await self._request("SY", str(HEARTBEAT_ACK), dead_check=False)
-                    if self._last_current is not None:
-                        step = set_current_step(self._last_current)
+                    if self._commanded.last_current is not None:
+                        step = set_current_step(self._commanded.last_current)
                         await self._request(step.name, *step.params, dead_check=False)
                     await self._emit("event", {"event": "heartbeat_missed"})
             except LinkDown:
@@ -469,34 +396,8 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
             await self._emit("event", spec)
             await self._emit("event", command_result(data, True, "ok"), target=reply_to)
             return
-        result = await self._execute(data)
+        send = functools.partial(self._request, retries=1, dead_check=False)
+        result = await execute_command(data, send, self._connected, self._commanded, self.log)
         self.ctx.counters.extra["rapi_commands"] += 1
         await self._emit("event", result, target=reply_to)
         self._wake.set()
-
-    async def _execute(self, data: dict[str, Any]) -> dict[str, Any]:
-        try:
-            plan = plan_command(data)
-        except CommandRejected as exc:
-            self.log.warning("command %r rejected: %s", data.get("command"), exc)
-            return command_result(data, False, exc.result, str(exc))
-        if not self._connected:
-            return command_result(data, False, "error", "controller not connected")
-        extra: dict[str, Any] = {}
-        for step in plan.steps:
-            try:
-                reply = await self._request(step.name, *step.params, retries=1, dead_check=False)
-            except RapiCommandError as exc:
-                return command_result(data, False, "rejected", str(exc))
-            except LinkDown as exc:
-                return command_result(data, False, "error", f"link lost: {exc}")
-            if reply is None:
-                return command_result(data, False, "timeout", f"no reply to ${step.name}", **extra)
-            extra.update(step_outcome(step, reply.ok, reply.params))
-            if step.name == "SC" and (reply.ok or "amps" in extra):
-                self._last_current = extra["amps"]
-            if not reply.ok:
-                return command_result(data, False, "nk", f"${step.name} answered NK", **extra)
-        if plan.pulse_interval is not None:
-            self._pulse_interval = plan.pulse_interval
-        return command_result(data, True, "ok", **extra)
