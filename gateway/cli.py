@@ -67,7 +67,14 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _exit_quietly(signum: int, _frame: object) -> None:
+    """SIGTERM/SIGINT before the supervisor's own handlers exist: nothing to stop yet."""
+    raise SystemExit(0)
+
+
 def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _exit_quietly)
+    signal.signal(signal.SIGINT, _exit_quietly)
     args_list = list(sys.argv[1:] if argv is None else argv)
     if args_list and args_list[0] == "instance":
         from gateway.instance_cli import main_instance
