@@ -1,0 +1,237 @@
+"""The ``loadsharing`` section: OpenEVSE's ``loadsharing_*`` keys, ours, and their checks.
+
+The group keys keep OpenEVSE's names, defaults and error messages (its ``/config`` answers 400
+with exactly these words, and part 2's REST API will too: :func:`check_keys` gives the message).
+Keys OpenEVSE has no use for in a masterless group (``loadsharing_role``, ...) are accepted so a
+configuration copied from a device loads, and documented as ignored.
+
+Cross-key rules that make the safety argument of docs/loadsharing.md hold are checked here,
+once, at load: the reserve for an offline peer is at least what that peer falls back to, and the
+whole group in failsafe fits under the breaker.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import Field, field_validator, model_validator
+
+from gateway.settings import StrList, TransportSettings
+
+FailsafeMode = Literal["safe_current", "disable"]
+
+MSG_GROUP_MAX = "loadsharing_group_max_current must be >= 0"
+MSG_SAFETY = "loadsharing_safety_factor must be between 0.0 and 1.0"
+MSG_TIMEOUT = "loadsharing_heartbeat_timeout must be between 5 and 600 seconds"
+MSG_SAFE = "loadsharing_failsafe_safe_current must be between 0 and 80 amps"
+MSG_ASSUMED = "loadsharing_failsafe_peer_assumed_current must be between 0 and 80 amps"
+MSG_MODE = "loadsharing_failsafe_mode must be 'safe_current' or 'disable'"
+MSG_SAFE_OVER_MAX = (
+    "loadsharing_failsafe_safe_current must not exceed loadsharing_group_max_current"
+)
+MSG_ASSUMED_UNDER_SAFE = (
+    "loadsharing_failsafe_peer_assumed_current must be >= loadsharing_failsafe_safe_current"
+)
+
+
+def _range(lo: float, hi: float, msg: str) -> Any:
+    def check(value: float) -> float:
+        if not lo <= value <= hi:
+            raise ValueError(msg)
+        return value
+
+    return check
+
+
+_RULES: dict[str, Any] = {
+    "loadsharing_group_max_current": _range(0.0, float("inf"), MSG_GROUP_MAX),
+    "loadsharing_safety_factor": _range(0.0, 1.0, MSG_SAFETY),
+    "loadsharing_heartbeat_timeout": _range(5.0, 600.0, MSG_TIMEOUT),
+    "loadsharing_failsafe_safe_current": _range(0.0, 80.0, MSG_SAFE),
+    "loadsharing_failsafe_peer_assumed_current": _range(0.0, 80.0, MSG_ASSUMED),
+}
+
+
+def check_keys(values: dict[str, Any]) -> str | None:
+    """OpenEVSE's 400 message for the first bad ``loadsharing_*`` value in ``values``, or None.
+
+    For the REST ``POST /config`` of part 2; the same rules as the INI section.
+    """
+    for key, rule in _RULES.items():
+        if key in values:
+            try:
+                rule(float(values[key]))
+            except (TypeError, ValueError):
+                return _message(key)
+    mode = values.get("loadsharing_failsafe_mode")
+    if mode is not None and mode not in ("safe_current", "disable"):
+        return MSG_MODE
+    group_max = float(values.get("loadsharing_group_max_current", 0) or 0)
+    safe = float(values.get("loadsharing_failsafe_safe_current", 6.0))
+    if group_max > 0 and safe > group_max:
+        return MSG_SAFE_OVER_MAX
+    if float(values.get("loadsharing_failsafe_peer_assumed_current", 6.0)) < safe:
+        return MSG_ASSUMED_UNDER_SAFE
+    return None
+
+
+def _message(key: str) -> str:
+    return {
+        "loadsharing_group_max_current": MSG_GROUP_MAX,
+        "loadsharing_safety_factor": MSG_SAFETY,
+        "loadsharing_heartbeat_timeout": MSG_TIMEOUT,
+        "loadsharing_failsafe_safe_current": MSG_SAFE,
+        "loadsharing_failsafe_peer_assumed_current": MSG_ASSUMED,
+    }[key]
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """``host:port`` -> (host, port); raises ValueError with the offending text."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port with a port 1..65535, got {text!r}")
+    return host, int(port)
+
+
+class LoadSharingSettings(TransportSettings):
+    """Everything a node needs; group keys must be equal on every member (docs/loadsharing.md)."""
+
+    loadsharing_enabled: bool = Field(
+        default=False, description="false: the node takes part in nothing and commands nothing"
+    )
+    loadsharing_group_id: str = Field(default="", description="user-chosen group name")
+    loadsharing_group_max_current: float = Field(
+        default=0.0, description="amps the breaker allows for the whole group (0: none)"
+    )
+    loadsharing_safety_factor: float = Field(default=1.0, description="0..1 derating")
+    loadsharing_heartbeat_timeout: float = Field(
+        default=30.0, description="seconds without a message before a peer is offline; 5..600"
+    )
+    loadsharing_failsafe_mode: FailsafeMode = Field(
+        default="safe_current", description="safe_current or disable (stop charging)"
+    )
+    loadsharing_failsafe_safe_current: float = Field(
+        default=6.0, description="amps in safe_current mode; 0..80 and <= group max"
+    )
+    loadsharing_failsafe_peer_assumed_current: float = Field(
+        default=6.0, description="amps reserved for each offline member; 0..80, >= safe current"
+    )
+    loadsharing_priority: int = Field(default=0, description="lower wins under scarcity")
+    loadsharing_rotation_interval: int = Field(
+        default=1800, ge=0, description="OpenEVSE's winner rotation; accepted, not used yet"
+    )
+    loadsharing_role: Literal["", "controller", "member"] = Field(
+        default="", description="OpenEVSE's role; a masterless node ignores it"
+    )
+    loadsharing_controller_host: str = Field(
+        default="", description="OpenEVSE's controller host; ignored by a masterless node"
+    )
+    # -- this project's keys ------------------------------------------------------------------
+    loadsharing_min_current: int = Field(
+        default=6, ge=0, le=80, description="the local charger's minimum current (A)"
+    )
+    loadsharing_max_current: int = Field(
+        default=32, ge=1, le=80, description="the local charger's maximum current (A)"
+    )
+    loadsharing_response_time: float = Field(
+        default=5.0,
+        ge=0.1,
+        le=60.0,
+        description="seconds for the charger to lower its draw after a lower limit is sent "
+        "(RAPI write plus the EV's reaction; J1772 allows the EV 5 s)",
+    )
+    loadsharing_clock_tolerance: float = Field(
+        default=0.01, ge=0.0, le=0.1, description="bound on any node's clock rate error (0.01 = 1%)"
+    )
+    loadsharing_heartbeat_interval: float = Field(
+        default=0.0, ge=0.0, description="seconds between reports; 0 = timeout / 6"
+    )
+    # -- the transport's own keys ---------------------------------------------------------------
+    charger: str = Field(min_length=1, description="the rapi_serial section of the local charger")
+    charger_heartbeat: int = Field(
+        default=30, ge=0, le=65535,
+        description="RAPI $SY supervision interval (s) the node pulses; 0 = off",
+    )
+    node_id: str = Field(default="", description="this node's id; default: its listen address")
+    listen: str = Field(
+        default="",
+        description="host:port of the UDP peer link, a base port (+ instance*100); empty: alone",
+    )
+    peers: StrList = Field(
+        default=(),
+        description="the members' host:port, comma separated (this node's own address, after "
+        "the instance offset, may be listed: it is skipped)",
+    )
+
+    @field_validator(*_RULES)
+    @classmethod
+    def _openevse_ranges(cls, value: float, info: Any) -> float:
+        rule = _RULES[info.field_name]
+        return float(rule(value))
+
+    @field_validator("loadsharing_failsafe_mode", mode="before")
+    @classmethod
+    def _mode(cls, value: Any) -> Any:
+        if value not in ("safe_current", "disable"):
+            raise ValueError(MSG_MODE)
+        return value
+
+    @field_validator("listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        if value:
+            parse_address(value)
+        return value
+
+    @field_validator("peers")
+    @classmethod
+    def _peers(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for peer in value:
+            parse_address(peer)
+        if len(set(value)) != len(value):
+            raise ValueError(f"a peer is listed twice: {', '.join(value)}")
+        return value
+
+    @model_validator(mode="after")
+    def _cross(self) -> LoadSharingSettings:
+        safe = self.loadsharing_failsafe_safe_current
+        group = self.loadsharing_group_max_current
+        if group > 0 and safe > group:
+            raise ValueError(MSG_SAFE_OVER_MAX)
+        if self.loadsharing_failsafe_peer_assumed_current < safe:
+            raise ValueError(MSG_ASSUMED_UNDER_SAFE)
+        if self.loadsharing_min_current > self.loadsharing_max_current:
+            raise ValueError("loadsharing_min_current must not exceed loadsharing_max_current")
+        if self.peers and not self.listen:
+            raise ValueError("peers need listen = host:port for the peer link")
+        if self.peers and self.node_id and self.node_id != self.listen:
+            raise ValueError("with peers, a member's id is its listen address: leave node_id empty")
+        ceiling = group * self.loadsharing_safety_factor
+        fallback = safe if self.loadsharing_failsafe_mode == "safe_current" else 0.0
+        members = self.member_count
+        if self.loadsharing_enabled and members * fallback > ceiling:
+            raise ValueError(
+                f"{members} members at loadsharing_failsafe_safe_current {safe:g} A draw "
+                f"{members * fallback:g} A in failsafe, over the group's "
+                f"{ceiling:g} A (group max x safety factor): lower the safe current"
+            )
+        return self
+
+    @property
+    def member_id(self) -> str:
+        return self.node_id or self.listen or "local"
+
+    @property
+    def member_count(self) -> int:
+        """``peers`` may list this node's own address too (one file for every member)."""
+        return len({*self.peers, self.member_id})
+
+    @property
+    def fallback_current(self) -> float:
+        """What this node falls back to on its own: safe current, or 0 in disable mode."""
+        if self.loadsharing_failsafe_mode == "disable":
+            return 0.0
+        return self.loadsharing_failsafe_safe_current
+
+    def claims(self) -> list[tuple[str, str]]:
+        return [("udp listen", self.listen)] if self.listen else []

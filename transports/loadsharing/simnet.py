@@ -1,0 +1,483 @@
+"""A simulated group: N nodes, one process, a controllable clock, a network that misbehaves.
+
+Part of the product: the scenario tests, the randomized search and anyone checking a change to
+the protocol run the real :class:`~transports.loadsharing.node.Node` here, with
+
+- :class:`Scheduler`: one global simulated time and an event queue (nothing sleeps);
+- per-node clocks running at rates within the stated bound ``rho`` (offsets are irrelevant: no
+  timestamp crosses the wire);
+- :class:`Network`: per directed link up/down (so one-way and non-transitive partitions), loss,
+  delay (any length: safety does not depend on a delay bound), duplication, reordering;
+- :class:`SimCharger`: the local charger and its EV (``simulators.ev_model.EvModel``) with the
+  documented response time: a higher limit is taken at once (worst case), a lower one only
+  ``ev_lag`` after the RAPI write (``write_delay``), and ``$SY``-style supervision that lowers
+  the offer to the safe current when the node stops pulsing (a dead gateway).
+
+:meth:`SimGroup.check` is the safety claim: the current all EVs may draw, given every limit
+offered within each charger's response window, never exceeds ``group_max * safety_factor``.
+"""
+
+from __future__ import annotations
+
+import heapq
+import itertools
+import random
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from simulators.ev_model import EvModel
+from transports.loadsharing import allocation as al
+from transports.loadsharing.messages import Report
+from transports.loadsharing.node import DemandTracker, Node, NodeConfig
+
+
+class Scheduler:
+    """Simulated time: callbacks at given times, run in order (ties in insertion order)."""
+
+    def __init__(self) -> None:
+        self.time = 0.0
+        self._queue: list[tuple[float, int, Callable[[], None]]] = []
+        self._ids = itertools.count()
+
+    def at(self, when: float, action: Callable[[], None]) -> None:
+        heapq.heappush(self._queue, (max(when, self.time), next(self._ids), action))
+
+    def after(self, delay: float, action: Callable[[], None]) -> None:
+        self.at(self.time + delay, action)
+
+    def run_until(self, end: float) -> None:
+        while self._queue and self._queue[0][0] <= end:
+            when, _, action = heapq.heappop(self._queue)
+            self.time = when
+            action()
+        self.time = max(self.time, end)
+
+
+@dataclass
+class NodeClock:
+    """A node's monotonic clock: its own rate and offset over the simulated time."""
+
+    sched: Scheduler
+    rate: float = 1.0
+    offset: float = 0.0
+
+    def now(self) -> float:
+        return self.offset + self.rate * self.sched.time
+
+
+@dataclass
+class Faults:
+    drop: float = 0.0  # probability a message is lost
+    duplicate: float = 0.0  # probability it is delivered twice
+    delay_min: float = 0.005
+    delay_max: float = 0.05
+    slow: float = 0.0  # probability of a long delay (reordering)
+    slow_max: float = 20.0
+
+
+class Network:
+    """Directed links between node ids; ``cut``/``heal`` by direction."""
+
+    def __init__(self, sched: Scheduler, rng: random.Random) -> None:
+        self.sched = sched
+        self.rng = rng
+        self.faults = Faults()
+        self.down: set[tuple[str, str]] = set()
+        self.handlers: dict[str, Callable[[Report], None]] = {}
+        self.delivered = 0
+        self.dropped = 0
+
+    def cut(self, a: str, b: str, both: bool = True) -> None:
+        self.down.add((a, b))
+        if both:
+            self.down.add((b, a))
+
+    def heal(self, a: str | None = None, b: str | None = None, both: bool = True) -> None:
+        if a is None or b is None:
+            self.down.clear()
+            return
+        self.down.discard((a, b))
+        if both:
+            self.down.discard((b, a))
+
+    def partition(self, *groups: list[str]) -> None:
+        """Cut every link between different groups (both ways)."""
+        for g1, g2 in itertools.permutations(groups, 2):
+            for a in g1:
+                for b in g2:
+                    self.down.add((a, b))
+
+    def transmit(self, src: str, dst: str, message: Report) -> None:
+        f = self.faults
+        if (src, dst) in self.down or self.rng.random() < f.drop:
+            self.dropped += 1
+            return
+        copies = 2 if self.rng.random() < f.duplicate else 1
+        for _ in range(copies):
+            if self.rng.random() < f.slow:
+                delay = self.rng.uniform(f.delay_max, f.slow_max)
+            else:
+                delay = self.rng.uniform(f.delay_min, f.delay_max)
+            self.sched.after(delay, lambda m=message: self._deliver(src, dst, m))
+
+    def _deliver(self, src: str, dst: str, message: Report) -> None:
+        handler = self.handlers.get(dst)
+        if handler is None:  # the node is down
+            self.dropped += 1
+            return
+        self.delivered += 1
+        handler(message)
+
+
+@dataclass
+class SimLink:
+    """The :class:`~transports.loadsharing.node.PeerLink` of one simulated node."""
+
+    network: Network
+    node_id: str
+    peers: tuple[str, ...]
+
+    def send(self, peer_id: str, message: Report) -> None:
+        self.network.transmit(self.node_id, peer_id, message)
+
+    def broadcast(self, message: Report) -> None:
+        for p in self.peers:
+            self.network.transmit(self.node_id, p, message)
+
+
+@dataclass
+class SimCharger:
+    """An EVSE with its EV: the limit the node sets, the draw the EV takes, and their timing."""
+
+    sched: Scheduler
+    ev: EvModel
+    safe_current: float
+    write_delay: float = 0.3
+    ev_lag: float = 4.7
+    supervision: float = 0.0  # $SY interval; 0 = the controller has none
+    offered: int = 0
+    #: (time, offered) from ``now - ev_lag``: what the EV may still be drawing on
+    history: list[tuple[float, int]] = field(default_factory=list)
+    last_pulse: float = 0.0
+    pauses: int = 0
+    on_change: Callable[[], None] | None = None
+
+    def command(self, amps: int) -> None:
+        """The node's limit; reaches the controller after the RAPI write."""
+        self.sched.after(self.write_delay, lambda: self._apply(amps))
+
+    def pulse(self) -> None:
+        self.last_pulse = self.sched.time
+
+    def _apply(self, amps: int) -> None:
+        if amps == 0 and self.offered > 0:
+            self.pauses += 1
+        self.offered = amps
+        self.history.append((self.sched.time, amps))
+        if self.on_change is not None:
+            self.on_change()
+            self.sched.after(self.ev_lag + 1e-6, self.on_change)
+
+    def supervise(self) -> None:
+        """``$SY``: no pulse for the interval lowers the offer to the safe current."""
+        if self.supervision and self.sched.time - self.last_pulse > self.supervision:
+            lowered = min(self.offered, int(self.safe_current))
+            if lowered != self.offered:
+                self._apply(lowered)
+
+    def effective(self) -> int:
+        """The highest offer the EV may still be following (response time allowed)."""
+        since = self.sched.time - self.ev_lag
+        keep = [h for h in self.history if h[0] >= since]
+        older = [h for h in self.history if h[0] < since]
+        if older:
+            keep.insert(0, older[-1])
+        self.history = keep
+        return max((h[1] for h in keep), default=self.offered)
+
+    def potential_draw(self) -> float:
+        return min(float(self.effective()), self.ev.limit_a()) if self.ev.plugged else 0.0
+
+    def state_code(self) -> int:
+        if not self.ev.plugged:
+            return 1
+        if self.offered == 0:
+            return 0xFE
+        return 3 if self.ev.requesting else 2
+
+
+@dataclass
+class Member:
+    node_id: str
+    clock: NodeClock
+    charger: SimCharger
+    demand: DemandTracker
+    node: Node | None = None
+    epoch: int = 0
+    limits_sent: list[tuple[float, int]] = field(default_factory=list)
+
+
+@dataclass
+class GroupSpec:
+    n: int = 3
+    group_max: float = 60.0
+    safety_factor: float = 1.0
+    safe_current: float = 6.0
+    assumed: float = 6.0
+    timeout: float = 30.0
+    disable_mode: bool = False
+    response_time: float = 5.0
+    rho: float = 0.01
+    max_current: int = 32
+    supervision: float = 0.0  # RAPI $SY interval; 0 = off
+    tick: float = 1.0
+    sample: float = 0.5
+
+
+class SimGroup:
+    """N nodes with chargers and EVs on a simulated network; checks the breaker at every step."""
+
+    def __init__(self, spec: GroupSpec, seed: int = 0, rates: list[float] | None = None) -> None:
+        self.spec = spec
+        self.rng = random.Random(seed)
+        self.sched = Scheduler()
+        self.net = Network(self.sched, self.rng)
+        self.ids = tuple(f"n{i}" for i in range(1, spec.n + 1))
+        self.members: dict[str, Member] = {}
+        self.violations: list[tuple[float, float, dict[str, float]]] = []
+        self.max_total = 0.0
+        for i, nid in enumerate(self.ids):
+            rate = rates[i] if rates else 1.0
+            clock = NodeClock(self.sched, rate=rate, offset=self.rng.uniform(0, 1e5))
+            ev = EvModel(max_rate_a=float(spec.max_current), soc=0.2, battery_kwh=80.0)
+            charger = SimCharger(
+                self.sched, ev, spec.safe_current, write_delay=0.3,
+                ev_lag=spec.response_time - 0.3, supervision=spec.supervision,
+            )
+            charger.on_change = self.check
+            self.members[nid] = Member(nid, clock, charger, DemandTracker())
+            self.start(nid)
+        self.sched.after(spec.tick, self._tick)
+        self.sched.after(spec.sample, self._sample)
+
+    @property
+    def ceiling(self) -> float:
+        return self.spec.group_max * self.spec.safety_factor
+
+    def config(self, nid: str) -> NodeConfig:
+        s = self.spec
+        return NodeConfig(
+            node_id=nid, members=self.ids,
+            limits=al.Limits(s.group_max, s.safety_factor, s.assumed), timeout=s.timeout,
+            fallback=0.0 if s.disable_mode else s.safe_current, disable_mode=s.disable_mode,
+            max_current=s.max_current, response_time=s.response_time, rho=s.rho,
+        )
+
+    # -- life of a node -----------------------------------------------------------------------
+    def start(self, nid: str) -> None:
+        m = self.members[nid]
+        m.epoch += 1
+        link = SimLink(self.net, nid, tuple(p for p in self.ids if p != nid))
+
+        def on_limit(amps: int, m: Member = m) -> None:
+            m.limits_sent.append((self.sched.time, amps))
+            m.demand.commanded(amps)
+            m.charger.command(amps)
+
+        c = m.charger
+        initial = c.offered if c.state_code() in (1, 2, 3) else 0
+        demanding = m.demand.update(c.state_code(), 1 if c.ev.plugged else 0)
+        m.node = Node(self.config(nid), m.clock, link, on_limit, epoch=m.epoch,
+                      initial_limit=initial, demanding=demanding)
+        self.net.handlers[nid] = m.node.receive
+        m.charger.pulse()
+        self._refresh(m)
+
+    def kill(self, nid: str) -> None:
+        """The gateway process dies: no more messages, no more pulses; the charger keeps its
+        last limit until its own supervision (if any) lowers it."""
+        m = self.members[nid]
+        m.node = None
+        self.net.handlers.pop(nid, None)
+
+    def alive(self, nid: str) -> bool:
+        return self.members[nid].node is not None
+
+    def plug(self, nid: str, plugged: bool = True, want: float | None = None) -> None:
+        m = self.members[nid]
+        if plugged:
+            m.charger.ev.plug()
+            m.charger.ev.soc = 0.2
+            if want is not None:
+                m.charger.ev.max_rate_a = want
+        else:
+            m.charger.ev.unplug()
+        self._refresh(m)
+        self.check()
+
+    def _refresh(self, m: Member) -> None:
+        if m.node is None:
+            return
+        c = m.charger
+        demanding = m.demand.update(c.state_code(), 1 if c.ev.plugged else 0)
+        if demanding != m.node.status.demanding:
+            m.node.set_local(demanding, state=c.state_code(), vehicle=int(c.ev.plugged))
+
+    def _tick(self) -> None:
+        for m in self.members.values():
+            if m.node is not None:
+                m.charger.pulse()
+                m.node.tick()
+            m.charger.supervise()
+        self.sched.after(self.spec.tick, self._tick)
+
+    def _sample(self) -> None:
+        for m in self.members.values():
+            m.charger.ev.step(self.spec.sample, float(m.charger.effective()))
+            self._refresh(m)
+        self.check()
+        self.sched.after(self.spec.sample, self._sample)
+
+    # -- the claim ----------------------------------------------------------------------------
+    def check(self) -> None:
+        draws = {nid: m.charger.potential_draw() for nid, m in self.members.items()}
+        total = sum(draws.values())
+        self.max_total = max(self.max_total, total)
+        if total > self.ceiling + 1e-9 and len(self.violations) < 20:
+            self.violations.append((self.sched.time, total, draws))
+
+    def run(self, seconds: float) -> None:
+        self.sched.run_until(self.sched.time + seconds)
+
+    # -- views for assertions -------------------------------------------------------------------
+    def limits(self) -> dict[str, int]:
+        return {nid: m.charger.offered for nid, m in self.members.items()}
+
+    def modes(self) -> dict[str, str]:
+        return {nid: (m.node.mode if m.node else "dead") for nid, m in self.members.items()}
+
+    def node(self, nid: str) -> Node:
+        node = self.members[nid].node
+        assert node is not None, f"{nid} is down"
+        return node
+
+
+# -- the randomized search -------------------------------------------------------------------
+WANTS = (10.0, 16.0, 32.0)
+
+
+def random_walk(seed: int, *, rho: float = 0.01) -> SimGroup:
+    """One random group under a random fault schedule, healed at the end, run to convergence.
+
+    Scarce budgets (a few amps above everyone's fallback) make every amp count, so a protocol
+    flaw shows as an overload. The caller checks ``violations`` (safety) and, after the final
+    calm phase, that every node agreed on the equal share (liveness).
+    """
+    rng = random.Random(seed)
+    n = rng.randint(2, 6)
+    timeout = rng.choice((5.0, 12.0))
+    spec = GroupSpec(
+        n=n, timeout=timeout, disable_mode=rng.random() < 0.25, rho=rho,
+        max_current=rng.choice((16, 32)), supervision=timeout,
+        response_time=rng.choice((1.0, 5.0)),
+    )
+    spec.group_max = float(n * rng.choice((6, 8, 10, 15)) + rng.choice((0, 3, 20)))
+    g = SimGroup(spec, seed=seed, rates=[rng.uniform(1 - rho, 1 + rho) for _ in range(n)])
+    ids = list(g.ids)
+    for nid in ids:
+        if rng.random() < 0.8:
+            g.plug(nid, want=rng.choice(WANTS))
+    for _ in range(rng.randint(5, 15)):
+        _random_fault(g, rng, ids)
+        g.run(rng.uniform(0.2, 12) * timeout)
+    calm(g, 40 * timeout)
+    return g
+
+
+def _random_fault(g: SimGroup, rng: random.Random, ids: list[str]) -> None:
+    r = rng.random()
+    f = g.net.faults
+    if r < 0.10:
+        g.net.heal()
+    elif r < 0.22:
+        rng.shuffle(ids)
+        k = rng.randint(1, len(ids) - 1)
+        g.net.partition(ids[:k], ids[k:])
+    elif r < 0.32:
+        a, b = rng.sample(ids, 2)
+        g.net.cut(a, b, both=rng.random() < 0.5)
+    elif r < 0.45 and len(ids) >= 3:
+        switch_sides(g, rng, ids)
+    elif r < 0.53:
+        f.drop = rng.choice((0.0, 0.1, 0.3, 0.6))
+        f.duplicate = rng.choice((0.0, 0.1))
+        f.slow = rng.choice((0.0, 0.05, 0.2))
+        f.delay_max = rng.choice((0.05, 0.5, 3.0))
+    elif r < 0.62:
+        nid = rng.choice(ids)
+        if g.alive(nid):
+            g.kill(nid)
+        else:
+            g.start(nid)
+    else:
+        g.plug(rng.choice(ids), plugged=rng.random() < 0.6, want=rng.choice(WANTS))
+
+
+def switch_sides(g: SimGroup, rng: random.Random, ids: list[str]) -> None:
+    """One node moves from side A to side B of a partition, first losing A one way only, so
+    A learns of it a timeout later than the node itself does (the hard case for views)."""
+    mover = rng.choice(ids)
+    others = [i for i in ids if i != mover]
+    rng.shuffle(others)
+    k = rng.randint(1, len(others) - 1)
+    side_a, side_b = others[:k], others[k:]
+    g.net.heal()
+    g.net.partition(side_a, side_b)
+    for a in side_a:
+        g.net.cut(a, mover, both=False)
+
+
+def calm(g: SimGroup, seconds: float = 200.0) -> None:
+    """Heal everything, restart the dead, fast reliable network: the group must converge."""
+    g.net.heal()
+    g.net.faults = Faults()
+    for nid in g.ids:
+        if not g.alive(nid):
+            g.start(nid)
+    g.run(seconds)
+
+
+def converged(g: SimGroup) -> str:
+    """"" when every node agreed and every charger offers the equal share; else what differs."""
+    expected = {a["id"]: a["target_current"] for a in g.node(g.ids[0]).allocations()}
+    modes = g.modes()
+    limits = g.limits()
+    if set(modes.values()) != {"agreed"} or limits != expected:
+        return f"modes {modes}, limits {limits}, expected {expected}"
+    return ""
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m transports.loadsharing.simnet --runs N --seed S``: the search, by hand."""
+    import argparse
+    import time
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("--runs", type=int, default=200)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    started = time.monotonic()
+    failures = 0
+    for seed in range(args.seed, args.seed + args.runs):
+        g = random_walk(seed)
+        problem = converged(g)
+        if g.violations or problem:
+            failures += 1
+            print(f"seed {seed}: violations {g.violations[:2]} {problem}")
+    took = time.monotonic() - started
+    print(f"{args.runs} runs from seed {args.seed}: {failures} failed, {took:.1f} s")
+    return 1 if failures else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
