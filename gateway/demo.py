@@ -49,6 +49,10 @@ PARTS: list[DemoPart] = [
                       "--plugged", "--soc", "0.4"],
         lambda o, d: ("[charger]\ntransport = rapi_serial\n"
                       f"port = socket://127.0.0.1:{8023 + o}\nread_interval = 5\n"
+                      "bridge = jsonl, loadsharing\n\n"
+                      "# a one-node load-sharing group on a 32 A breaker\n"
+                      "[loadsharing]\ntransport = loadsharing\nloadsharing_enabled = true\n"
+                      "charger = charger\nloadsharing_group_max_current = 32\n"
                       "bridge = jsonl\n"),
         wait_port=8023),
     DemoPart(
