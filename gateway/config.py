@@ -6,8 +6,9 @@ what was expected. Nothing here raises a traceback at a user for a malformed fil
 
 Precedence, later wins: the INI file, then ``PGW_<SECTION>_<KEY>`` environment variables
 (section and key upper-cased, every character other than a letter or digit replaced by ``_``,
-e.g. ``PGW_TRANSPORT_0_READ_INTERVAL``), then ``--set section.key=value`` (the last dot splits
-section from key, so ``--set transport.0.read_interval=5`` works).
+e.g. ``PGW_TRANSPORT_0_READ_INTERVAL``), then ``--set section.key=value`` (split after the
+longest section name of the file, else at the last dot: ``--set transport.0.read_interval=5``
+and ``--set rs485_bus.meter1.unit=2`` both work).
 """
 
 from __future__ import annotations
@@ -172,7 +173,14 @@ def apply_overrides(
                     f"(sections: {', '.join(sorted(raw)) or 'none'})"))
     for item in sets:
         target, sep, value = item.partition("=")
-        section, dot, key = target.strip().rpartition(".")
+        target = target.strip()
+        # The longest known section followed by a dot wins, so a key may hold dots too
+        # (a bus's "meter1.unit"); otherwise the last dot splits section from key.
+        known = next((name for name in sections if target.startswith(name + ".")), None)
+        if known is not None:
+            section, dot, key = known, ".", target[len(known) + 1:]
+        else:
+            section, dot, key = target.rpartition(".")
         if not sep or not dot or not section or not key:
             problems.append(ConfigProblem(
                 "--set", "", item, "expected section.key=value, e.g. general.log_level=DEBUG"))

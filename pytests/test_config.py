@@ -152,3 +152,14 @@ def test_secrets_are_masked() -> None:
     text = render_ini(effective_settings(cfg))
     assert "hunter2" not in text and "password = ***" in text
     assert "hunter2" not in repr(cfg)
+
+
+def test_set_with_a_dotted_key_splits_after_the_known_section(tmp_path: Path) -> None:
+    from gateway.config import apply_overrides
+
+    raw = {"rs485_bus": {"transport": "modbus_bus"}, "transport.0": {}}
+    assert apply_overrides(raw, {}, ["rs485_bus.meter1.unit=2", "transport.0.address=3",
+                                     "general.log_level=DEBUG"], []) == []
+    assert raw["rs485_bus"]["meter1.unit"] == "2"
+    assert raw["transport.0"]["address"] == "3"
+    assert raw["general"]["log_level"] == "DEBUG"

@@ -352,3 +352,14 @@ def test_simulator_command_line(tmp_path: Path) -> None:
         proc.terminate()
         proc.wait(timeout=20)
     wait_for(lambda: not link.exists())
+
+
+def test_rtu_line_settings_from_ini_text(tmp_path: Path) -> None:
+    """Every key as an INI file gives it: text, converted at load."""
+    from gateway.config import load_config
+
+    ini = tmp_path / "c.ini"
+    ini.write_text("[m]\ntransport = modbus_rtu\nprotocol_version = sdm630\nport = /tmp/x\n"
+                   "baudrate = 19200\nparity = e\nstopbits = 2\nbytesize = 7\n")
+    settings = load_config(ini, environ={}).transports["m"].settings
+    assert (settings.parity, settings.stopbits, settings.bytesize) == ("E", 2, 7)

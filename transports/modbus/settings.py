@@ -69,6 +69,19 @@ class ModbusRtuSettings(ModbusSettings):
     stopbits: Literal[1, 2] = Field(default=1, description="1 or 2")
     bytesize: Literal[7, 8] = Field(default=8, description="7 or 8")
 
+    @field_validator("stopbits", "bytesize", mode="before")
+    @classmethod
+    def _int_from_ini(cls, value: object) -> object:
+        """INI values arrive as text; an integer Literal does not coerce "1" by itself."""
+        if isinstance(value, str) and value.strip().isdigit():
+            return int(value)
+        return value
+
+    @field_validator("parity", mode="before")
+    @classmethod
+    def _upper_parity(cls, value: object) -> object:
+        return value.strip().upper() if isinstance(value, str) else value
+
     def claims(self) -> list[tuple[str, str]]:
         return [("serial port", serial_identity(self.port))]
 
