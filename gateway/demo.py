@@ -70,6 +70,20 @@ PARTS: list[DemoPart] = [
                       "read_interval = 5\nbridge = jsonl\n"),
         wait_path="ttyMETER"),
     DemoPart(
+        "rs485", "simulators.modbus_bus",
+        lambda o, d: ["--device", "1:eg4_v58", "--device", "2:sdm630", "--device", "3:sdm630",
+                      "--pty-link", str(d / "ttyRS485"), "--baudrate", "19200", "--line-speed"],
+        lambda o, d: ("# three devices on one RS485 line at 19200 baud\n"
+                      "[rs485]\ntransport = modbus_bus\n"
+                      f"port = {d / 'ttyRS485'}\nbaudrate = 19200\n"
+                      "devices = battery_inverter, grid_meter, heatpump_meter\n"
+                      "battery_inverter.unit = 1\nbattery_inverter.protocol_version = eg4_v58\n"
+                      "battery_inverter.read_interval = 10\ngrid_meter.unit = 2\n"
+                      "grid_meter.protocol_version = sdm630\ngrid_meter.read_interval = 5\n"
+                      "heatpump_meter.unit = 3\nheatpump_meter.protocol_version = sdm630\n"
+                      "heatpump_meter.read_interval = 15\nbridge = jsonl\n"),
+        wait_path="ttyRS485"),
+    DemoPart(
         "lighting", "simulators.qlink_controller",
         lambda o, d: ["--port", str(3040 + o), "--auto-press", "10"],
         lambda o, d: ("[lighting]\ntransport = qlink\nhost = 127.0.0.1\n"
