@@ -18,8 +18,10 @@ if TYPE_CHECKING:
 _MODULES = (
     "transports.influxdb_out",
     "transports.jsonl_out",
+    "transports.loadsharing",
     "transports.mqtt",
     "transports.modbus",
+    "transports.modbus_bus",
     "transports.qlink",
     "transports.rapi_serial",
     "transports.system",
