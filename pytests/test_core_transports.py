@@ -1,0 +1,72 @@
+"""jsonl_out rotation and the bridge outbox's full-queue policies, without processes."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from pathlib import Path
+
+from gateway.message import Envelope
+from gateway.runner import Outbox
+from pytests.helpers import Harness
+from transports.jsonl_out import JsonlOut, JsonlSettings
+from transports.system import SystemInput, SystemSettings
+
+
+def envelope(n: int) -> Envelope:
+    return Envelope("src", "reading", {"n": n, "pad": "x" * 100}, sequence=n)
+
+
+def test_jsonl_rotates_by_size_and_keeps_backups(tmp_path: Path) -> None:
+    path = tmp_path / "out.jsonl"
+    settings = JsonlSettings(transport="jsonl_out", path=str(path), max_bytes=2000,
+                             backup_count=2)
+
+    async def main() -> None:
+        h = Harness(JsonlOut, settings, "jsonl", tmp_path)
+        for n in range(1, 101):
+            await h.send(envelope(n))
+        await h.stop()
+
+    asyncio.run(main())
+    files = [path, Path(f"{path}.1"), Path(f"{path}.2")]
+    assert all(f.exists() for f in files) and not Path(f"{path}.3").exists()
+    assert all(f.stat().st_size <= 2000 + 300 for f in files)
+    newest = [json.loads(line)["sequence"] for line in path.read_text().splitlines()]
+    older = [json.loads(line)["sequence"] for line in files[1].read_text().splitlines()]
+    assert newest and older and max(older) < min(newest)  # .1 holds what came just before
+    assert newest[-1] == 100
+
+
+def test_outbox_drop_oldest_counts_what_it_drops() -> None:
+    # No connection, so no sender thread: nothing leaves and the box fills up.
+    outbox = Outbox(None, capacity=100, policy="drop_oldest", log=logging.getLogger("t"))
+    for n in range(150):
+        assert outbox.put("out", envelope(n))
+    assert outbox.dropped == 50
+    assert [e.sequence for _, e in outbox.items][:3] == [50, 51, 52]
+
+
+def test_outbox_block_policy_refuses_instead_of_dropping() -> None:
+    outbox = Outbox(None, capacity=10, policy="block", log=logging.getLogger("t"))
+    results = [outbox.put("out", envelope(n)) for n in range(12)]
+    assert results == [True] * 10 + [False, False]
+    assert outbox.dropped == 0 and len(outbox.items) == 10
+
+
+def test_system_reading_has_host_figures(tmp_path: Path) -> None:
+    async def main() -> list[Envelope]:
+        h = Harness(SystemInput, SystemSettings(transport="system", read_interval=0.05),
+                    "system", tmp_path)
+        await h.start()
+        await asyncio.sleep(0.3)
+        await h.stop()
+        return h.of_kind("reading")
+
+    readings = asyncio.run(main())
+    assert len(readings) >= 2
+    data = readings[0].data
+    assert data["cpu_count"] >= 1 and 0 <= data["memory_used_percent"] <= 100
+    assert 0 <= data["disk_used_percent"] <= 100
+    assert readings[0].source_transport_info["device_identifier"].startswith("host-")
