@@ -16,7 +16,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
+from pydantic import AfterValidator, BaseModel, BeforeValidator, ConfigDict, Field, SecretStr
 
 
 def _split_list(value: Any) -> Any:
@@ -26,7 +26,30 @@ def _split_list(value: Any) -> Any:
     return value
 
 
+def _int_text(value: Any) -> Any:
+    """INI gives ``"1"``; an integer ``Literal`` accepts no string, so convert first."""
+    if isinstance(value, str) and value.strip().lstrip("-").isdigit():
+        return int(value)
+    return value
+
+
+def _upper_text(value: Any) -> Any:
+    return value.strip().upper() if isinstance(value, str) else value
+
+
+def _existing_file(value: str) -> str:
+    """Empty (not set) or a file that exists: a typo is caught at load, not at connect."""
+    if value and not Path(value).is_file():
+        raise ValueError(f"no such file: {value}")
+    return value
+
+
 StrList = Annotated[tuple[str, ...], BeforeValidator(_split_list)]
+#: Serial line settings as an INI file writes them.
+Parity = Annotated[Literal["N", "E", "O"], BeforeValidator(_upper_text)]
+StopBits = Annotated[Literal[1, 2], BeforeValidator(_int_text)]
+ByteSize = Annotated[Literal[7, 8], BeforeValidator(_int_text)]
+ExistingFile = Annotated[str, AfterValidator(_existing_file)]
 Secret = SecretStr
 LogLevel = Literal["DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL"]
 

@@ -31,7 +31,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.buffer import BufferSettings, Rejected, SinkUnavailable, StoreAndForward
 from gateway.message import READING, Envelope
-from gateway.settings import Secret, StrList
+from gateway.settings import ExistingFile, Secret, StrList
 from transports import register
 from transports.base import Transport, TransportContext
 
@@ -62,7 +62,7 @@ class InfluxSettings(BufferSettings):
     bucket: str = Field(default="", description="v2 API bucket: selects the v2 write API")
     org: str = Field(default="", description="v2 API organisation")
     token: Secret = Field(default=Secret(""), description="v2 API token (never logged)")
-    token_file: str = Field(default="", description="read the v2 token from this file instead")
+    token_file: ExistingFile = Field(default="", description="read the v2 token from this file")
     token_env: str = Field(default="", description="read the v2 token from this env variable")
     measurement: str = Field(default="protocol_gateway", description="measurement name")
     tags: StrList = Field(default=(), description="extra tags, e.g. site=garage, rack=2")
@@ -86,13 +86,6 @@ class InfluxSettings(BufferSettings):
             key, sep, val = item.partition("=")
             if not sep or not key.strip() or not val.strip():
                 raise ValueError(f"tags are key=value pairs, got {item!r}")
-        return value
-
-    @field_validator("token_file")
-    @classmethod
-    def _token_file(cls, value: str) -> str:
-        if value and not Path(value).is_file():
-            raise ValueError(f"no such file: {value}")
         return value
 
     @model_validator(mode="after")

@@ -16,7 +16,6 @@ import time
 from collections import OrderedDict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
@@ -24,7 +23,7 @@ from pydantic import Field, field_validator, model_validator
 from gateway.buffer import BufferSettings, SinkUnavailable, StoreAndForward
 from gateway.instance import mqtt_client_id
 from gateway.message import COMMAND, EVENT, READING, STATUS, Envelope, ValueSpec
-from gateway.settings import Secret
+from gateway.settings import ExistingFile, Secret
 from transports import register
 from transports.base import Transport, TransportContext
 from transports.mqtt_client import LinkOptions, Message, MqttLink
@@ -63,9 +62,9 @@ class MqttSettings(BufferSettings):
     keepalive: int = Field(default=60, ge=5, le=65535, description="MQTT keepalive, seconds")
     commands: bool = Field(default=True, description="accept writes on <base>/<device>/<value>/set")
     tls: bool = Field(default=False, description="TLS to the broker (implied by ca_file)")
-    ca_file: str = Field(default="", description="CA certificate file; empty = system CAs")
-    cert_file: str = Field(default="", description="client certificate (with key_file)")
-    key_file: str = Field(default="", description="client private key")
+    ca_file: ExistingFile = Field(default="", description="CA certificate file; empty = system CAs")
+    cert_file: ExistingFile = Field(default="", description="client certificate (with key_file)")
+    key_file: ExistingFile = Field(default="", description="client private key")
     tls_insecure: bool = Field(
         default=False, description="skip the broker host name check (testing only)"
     )
@@ -83,13 +82,6 @@ class MqttSettings(BufferSettings):
             value.endswith("/") or "//" in value
         ):
             raise ValueError("a topic prefix without wildcards, empty levels or edge slashes")
-        return value
-
-    @field_validator("ca_file", "cert_file", "key_file")
-    @classmethod
-    def _exists(cls, value: str) -> str:
-        if value and not Path(value).is_file():
-            raise ValueError(f"no such file: {value}")
         return value
 
     @model_validator(mode="after")

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-from typing import Literal
-
 from pydantic import Field, field_validator
 
-from gateway.settings import TransportSettings, serial_identity
+from gateway.settings import ByteSize, Parity, StopBits, TransportSettings, serial_identity
 from protocols.registers import MapError, available_maps, load_map, map_path
 
 
@@ -65,22 +63,9 @@ class ModbusTcpSettings(ModbusSettings):
 class ModbusRtuSettings(ModbusSettings):
     port: str = Field(description="serial port, e.g. /dev/ttyUSB0")
     baudrate: int = Field(default=9600, gt=0, description="bits per second")
-    parity: Literal["N", "E", "O"] = Field(default="N", description="N, E or O")
-    stopbits: Literal[1, 2] = Field(default=1, description="1 or 2")
-    bytesize: Literal[7, 8] = Field(default=8, description="7 or 8")
-
-    @field_validator("stopbits", "bytesize", mode="before")
-    @classmethod
-    def _int_from_ini(cls, value: object) -> object:
-        """INI values arrive as text; an integer Literal does not coerce "1" by itself."""
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
-        return value
-
-    @field_validator("parity", mode="before")
-    @classmethod
-    def _upper_parity(cls, value: object) -> object:
-        return value.strip().upper() if isinstance(value, str) else value
+    parity: Parity = Field(default="N", description="N, E or O")
+    stopbits: StopBits = Field(default=1, description="1 or 2")
+    bytesize: ByteSize = Field(default=8, description="7 or 8")
 
     def claims(self) -> list[tuple[str, str]]:
         return [("serial port", serial_identity(self.port))]

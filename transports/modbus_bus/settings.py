@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import (
     Field,
@@ -33,7 +33,15 @@ from pydantic import (
 )
 from pydantic_core import InitErrorDetails, PydanticCustomError
 
-from gateway.settings import Settings, StrList, TransportSettings, serial_identity
+from gateway.settings import (
+    ByteSize,
+    Parity,
+    Settings,
+    StopBits,
+    StrList,
+    TransportSettings,
+    serial_identity,
+)
 from protocols.registers import MapError, available_maps, load_map, map_path
 from transports.modbus_bus.port_resolve import UsbSelector
 
@@ -244,17 +252,9 @@ class ModbusBusRtuSettings(BusSettings):
     usb_serial: str = Field(default="", description="with usb: the adapter's serial number")
     usb_location: str = Field(default="", description="with usb: the USB path, e.g. 1-1.2")
     baudrate: int = Field(default=9600, gt=0, description="bits per second")
-    parity: Literal["N", "E", "O"] = Field(default="N", description="N, E or O")
-    stopbits: Literal[1, 2] = Field(default=1, description="1 or 2")
-    bytesize: Literal[7, 8] = Field(default=8, description="7 or 8")
-
-    @field_validator("stopbits", "bytesize", mode="before")
-    @classmethod
-    def _number(cls, value: Any) -> Any:
-        """INI gives ``"1"``; an int ``Literal`` takes no string, so convert first."""
-        if isinstance(value, str) and value.strip().isdigit():
-            return int(value)
-        return value
+    parity: Parity = Field(default="N", description="N, E or O")
+    stopbits: StopBits = Field(default=1, description="1 or 2")
+    bytesize: ByteSize = Field(default=8, description="7 or 8")
 
     @field_validator("usb")
     @classmethod
