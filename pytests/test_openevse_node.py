@@ -553,3 +553,24 @@ def test_mdns_advertisement_on_loopback() -> None:
             await node.stop()
 
     run(main)
+
+
+def test_sim_state_endpoint_answers_json() -> None:
+    """GET /sim/state once answered 500: its handler shadowed the function it called."""
+    import json
+    import urllib.request
+
+    async def main() -> dict:
+        from simulators.openevse_node import OpenEvseNode
+
+        node = OpenEvseNode(http_port=0)
+        await node.start()
+        try:
+            url = f"http://{node.host}/sim/state"
+            return await asyncio.to_thread(
+                lambda: json.load(urllib.request.urlopen(url, timeout=5)))
+        finally:
+            await node.stop()
+
+    state = asyncio.run(main())
+    assert "role" in state

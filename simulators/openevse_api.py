@@ -203,7 +203,7 @@ def build_app(node: OpenEvseNode) -> web.Application:
         return web.json_response(_ev(node))
 
     @r.get("/sim/state")
-    async def sim_state(_: web.Request) -> web.Response:
+    async def sim_state_route(_: web.Request) -> web.Response:
         return web.json_response(sim_state(node))
 
     @r.post("/sim/plug")

@@ -17,6 +17,7 @@ from typing import Any, Literal
 from pydantic import Field, field_validator, model_validator
 
 from gateway.settings import StrList, TransportSettings
+from transports.loadsharing.net_settings import NetworkKeys
 
 FailsafeMode = Literal["safe_current", "disable"]
 
@@ -93,7 +94,7 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
-class LoadSharingSettings(TransportSettings):
+class LoadSharingSettings(NetworkKeys, TransportSettings):
     """Everything a node needs; group keys must be equal on every member (docs/loadsharing.md)."""
 
     loadsharing_enabled: bool = Field(
@@ -202,6 +203,10 @@ class LoadSharingSettings(TransportSettings):
             raise ValueError(MSG_ASSUMED_UNDER_SAFE)
         if self.loadsharing_min_current > self.loadsharing_max_current:
             raise ValueError("loadsharing_min_current must not exceed loadsharing_max_current")
+        if self.node_listen and (self.listen or self.peers):
+            raise ValueError("node_listen (the HTTP/WebSocket peer link) and listen/peers (the "
+                             "UDP link) exclude each other: members of an HTTP node are added "
+                             "over its REST API")
         if self.peers and not self.listen:
             raise ValueError("peers need listen = host:port for the peer link")
         if self.peers and self.node_id and self.node_id != self.listen:
@@ -234,4 +239,7 @@ class LoadSharingSettings(TransportSettings):
         return self.loadsharing_failsafe_safe_current
 
     def claims(self) -> list[tuple[str, str]]:
-        return [("udp listen", self.listen)] if self.listen else []
+        claims = [("udp listen", self.listen)] if self.listen else []
+        if self.node_listen:
+            claims.append(("tcp listen", self.node_listen))
+        return claims

@@ -11,7 +11,8 @@ The protocol is :class:`~transports.loadsharing.node.Node`; this module only mov
 - ``$SY`` supervision: ``heartbeat`` configured with the fallback current and pulsed from here,
   so a dead gateway *or* a dead load-sharing process leaves the charger at the safe current;
 - peers: part 1 carries reports as JSON datagrams over UDP between ``listen`` and ``peers``
-  addresses (loopback in the tests and the demo); part 2 replaces :class:`UdpLink` with HTTP/WS.
+  addresses (loopback in the tests and the demo); with ``node_listen`` the reports go over
+  HTTP/WebSocket instead, OpenEVSE's wire (``network.py``, docs/loadsharing_network.md).
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ from transports import register
 from transports.base import Transport, TransportContext
 from transports.loadsharing import allocation as al
 from transports.loadsharing.messages import MessageError, Report, decode, encode
+from transports.loadsharing.network import NetworkNode, run_networked
 from transports.loadsharing.node import FAILSAFE, DemandTracker, Node, NodeConfig
 from transports.loadsharing.settings import LoadSharingSettings, parse_address
 
@@ -116,6 +118,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
     def __init__(self, settings: LoadSharingSettings, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
         self.node: Node | None = None
+        self.net: NetworkNode | None = None  # with node_listen: the HTTP/WS side (part 2)
         self.demand = DemandTracker()
         self.link_failure = FailureLog(self.log, "load-sharing peer link")
         self.charger_failure = FailureLog(self.log, f"charger {settings.charger!r} commands")
@@ -152,6 +155,9 @@ class LoadSharing(Transport[LoadSharingSettings]):
             await self.ctx.stopping.wait()
             return
         await self.ctx.emit(EVENT, describe_event(_specs()))
+        if s.node_listen:  # OpenEVSE's wire: REST, /ws, discovery, config sync (network.py)
+            await run_networked(self)
+            return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_status.wait(), FIRST_STATUS_WAIT)
         initial = 0

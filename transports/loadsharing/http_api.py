@@ -1,0 +1,279 @@
+"""The node's HTTP side, on its own port: OpenEVSE-compatible REST and ``/ws``.
+
+Routes (docs/openapi/loadsharing.yaml): ``GET /status``, ``GET /ws``, ``GET|POST /config``,
+``GET|POST /loadsharing/peers``, ``DELETE /loadsharing/peers/{host}``, ``POST
+/loadsharing/discover``, ``GET /loadsharing/status``. Bodies are JSON, errors ``{"msg": ...}``,
+a wrong method is 405 ``{"msg": "Method not allowed"}`` (OpenEVSE's words).
+
+What the routes *do* lives in :class:`Service` (``network.py`` implements it); this module only
+speaks HTTP: parsing, status codes, write authentication (``auth.py``) and the ``/ws`` hub, which
+sends the full status on connect, then only changed keys, answers ``{"ping": n}`` with
+``{"pong": 1}``, and cuts a client that floods or sends oversized frames.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from typing import Any, Protocol
+from urllib.parse import unquote
+
+from aiohttp import WSMsgType, web
+
+from transports.loadsharing.auth import GroupAuth
+
+MAX_BODY = 64 * 1024  # a /config body or a /ws frame from a client
+WS_RATE = 20.0  # frames per second a /ws client may send, sustained
+WS_BURST = 40.0
+WS_QUEUE = 256  # frames queued for a slow client before it is cut
+
+
+class Service(Protocol):
+    auth: GroupAuth
+
+    def status(self) -> dict[str, Any]: ...
+    def config_view(self) -> dict[str, Any]: ...
+    async def post_config(self, body: dict[str, Any]) -> tuple[int, dict[str, Any]]: ...
+    def peers_list(self) -> list[dict[str, Any]]: ...
+    async def add_peer(self, host: str, reciprocal: bool) -> tuple[int, str]: ...
+    async def delete_peer(self, host: str) -> tuple[int, str]: ...
+    def discover(self) -> None: ...
+    def ls_status(self) -> dict[str, Any]: ...
+    def ws_frame(self, frame: dict[str, Any], peer: str) -> None: ...
+
+
+def _msg(code: int, text: str) -> web.Response:
+    return web.json_response({"msg": text}, status=code)
+
+
+class TokenBucket:
+    """``rate`` per second, ``burst`` at most; monotonic time."""
+
+    def __init__(self, rate: float, burst: float) -> None:
+        self.rate, self.burst = rate, burst
+        self.tokens, self.at = burst, time.monotonic()
+
+    def take(self) -> bool:
+        now = time.monotonic()
+        self.tokens = min(self.burst, self.tokens + (now - self.at) * self.rate)
+        self.at = now
+        if self.tokens >= 1:
+            self.tokens -= 1
+            return True
+        return False
+
+
+class WsHub:
+    """Every ``/ws`` client: full status on connect, then deltas, reports as they come."""
+
+    def __init__(self, log: logging.Logger) -> None:
+        self.log = log
+        self.clients: set[asyncio.Queue[str | None]] = set()
+        self.last: dict[str, Any] = {}
+        self.cut = 0
+
+    def publish(self, status: dict[str, Any]) -> None:
+        """Send the keys of ``status`` that changed since the last publish."""
+        delta = {k: v for k, v in status.items() if self.last.get(k, object()) != v}
+        self.last = dict(status)
+        if delta:
+            self.send(delta)
+
+    def send(self, frame: dict[str, Any]) -> None:
+        text = json.dumps(frame, separators=(",", ":"))
+        for q in list(self.clients):
+            if q.qsize() >= WS_QUEUE:
+                self.cut += 1
+                self.clients.discard(q)
+                q.put_nowait(None)  # a client too slow to keep up is disconnected
+            else:
+                q.put_nowait(text)
+
+
+class HttpApi:
+    def __init__(self, service: Service, log: logging.Logger) -> None:
+        self.service = service
+        self.log = log
+        self.hub = WsHub(log)
+        self.counters = {"ws_flood": 0, "ws_oversize": 0, "ws_bad": 0, "auth_refused": 0}
+        self.app = web.Application(middlewares=[self._errors], client_max_size=MAX_BODY)
+        r = self.app.router
+        r.add_get("/status", self.get_status)
+        r.add_get("/ws", self.ws)
+        r.add_route("*", "/config", self.config)
+        r.add_route("*", "/loadsharing/peers", self.peers)
+        r.add_route("*", "/loadsharing/peers/{host:.+}", self.peer)
+        r.add_route("*", "/loadsharing/discover", self.discover)
+        r.add_route("*", "/loadsharing/status", self.ls_status)
+        self._runner: web.AppRunner | None = None
+
+    async def start(self, host: str, port: int) -> None:
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        await self._runner.setup()
+        await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+
+    async def stop(self) -> None:
+        for q in list(self.hub.clients):
+            q.put_nowait(None)
+        if self._runner is not None:
+            await self._runner.cleanup()
+
+    # -- plumbing ---------------------------------------------------------------------------
+    @web.middleware
+    async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except web.HTTPMethodNotAllowed:
+            return _msg(405, "Method not allowed")
+        except web.HTTPNotFound:
+            return _msg(404, "Not found")
+        except web.HTTPRequestEntityTooLarge:
+            return _msg(413, "Request too large")
+
+    async def _authorised(self, request: web.Request, body: bytes) -> web.Response | None:
+        why = self.service.auth.check_request(request.method, request.path, body, request.headers)
+        if why is None:
+            return None
+        self.counters["auth_refused"] += 1
+        self.log.warning("refused %s %s from %s: %s", request.method, request.path,
+                         request.remote, why)
+        return _msg(401, why)
+
+    async def _json(self, request: web.Request) -> tuple[Any, web.Response | None]:
+        raw = await request.read()
+        refused = await self._authorised(request, raw)
+        if refused is not None:
+            return None, refused
+        try:
+            return json.loads(raw), None
+        except (UnicodeDecodeError, ValueError):
+            return None, _msg(400, "Invalid JSON")
+
+    # -- routes -----------------------------------------------------------------------------
+    async def get_status(self, request: web.Request) -> web.Response:
+        return web.json_response(self.service.status())
+
+    async def config(self, request: web.Request) -> web.Response:
+        if request.method == "GET":
+            return web.json_response(self.service.config_view())
+        if request.method != "POST":
+            return _msg(405, "Method not allowed")
+        raw = await request.read()
+        refused = await self._authorised(request, raw)
+        if refused is not None:
+            return refused
+        if not raw.strip():
+            return _msg(400, "No Body")
+        try:
+            body = json.loads(raw)
+        except (UnicodeDecodeError, ValueError):
+            body = None
+        if not isinstance(body, dict):
+            return _msg(400, "Could not parse JSON")
+        code, answer = await self.service.post_config(body)
+        return web.json_response(answer, status=code)
+
+    async def peers(self, request: web.Request) -> web.Response:
+        if request.method == "GET":
+            return web.json_response(self.service.peers_list())
+        if request.method == "DELETE":
+            return await self.peers_delete(request)
+        if request.method != "POST":
+            return _msg(405, "Method not allowed")
+        body, err = await self._json(request)
+        if err is not None:
+            return err
+        if not isinstance(body, dict):
+            return _msg(400, "Invalid JSON")
+        if "host" not in body:
+            return _msg(400, "Missing required 'host' parameter")
+        host = body["host"]
+        if not isinstance(host, str):
+            return _msg(400, "Invalid host format - must contain domain or IP")
+        reciprocal = body.get("reciprocal", True) is not False
+        code, text = await self.service.add_peer(host.strip(), reciprocal)
+        return _msg(code, text)
+
+    async def peers_delete(self, request: web.Request) -> web.Response:
+        return _msg(405, "Use DELETE /loadsharing/peers/{host}")
+
+    async def peer(self, request: web.Request) -> web.Response:
+        if request.method != "DELETE":
+            return _msg(405, "Method not allowed")
+        raw = await request.read()
+        refused = await self._authorised(request, raw)
+        if refused is not None:
+            return refused
+        host = unquote(request.match_info["host"])
+        code, text = await self.service.delete_peer(host)
+        return _msg(code, text)
+
+    async def discover(self, request: web.Request) -> web.Response:
+        if request.method != "POST":
+            return _msg(405, "Method not allowed")
+        refused = await self._authorised(request, await request.read())
+        if refused is not None:
+            return refused
+        self.service.discover()
+        return _msg(200, "done")
+
+    async def ls_status(self, request: web.Request) -> web.Response:
+        if request.method != "GET":
+            return _msg(405, "Method not allowed")
+        return web.json_response(self.service.ls_status())
+
+    async def ws(self, request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse(max_msg_size=MAX_BODY, heartbeat=None)
+        await sock.prepare(request)
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+        peer = f"{request.remote}"
+        full = self.service.status()
+        await sock.send_str(json.dumps(full, separators=(",", ":")))
+        self.hub.clients.add(queue)
+        sender = asyncio.create_task(self._ws_send(sock, queue))
+        bucket = TokenBucket(WS_RATE, WS_BURST)
+        try:
+            async for msg in sock:
+                if msg.type == WSMsgType.ERROR:
+                    self.counters["ws_oversize"] += 1
+                    self.log.warning("/ws client %s: %s", peer, sock.exception())
+                    break
+                if msg.type != WSMsgType.TEXT:
+                    continue
+                if not bucket.take():
+                    self.counters["ws_flood"] += 1
+                    self.log.warning("/ws client %s floods: disconnected", peer)
+                    break
+                self._ws_in(sock, msg.data, peer, queue)
+        finally:
+            self.hub.clients.discard(queue)
+            sender.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await sender
+            await sock.close()
+        return sock
+
+    def _ws_in(self, sock: web.WebSocketResponse, data: str, peer: str,
+               queue: asyncio.Queue[str | None]) -> None:
+        try:
+            frame = json.loads(data)
+        except ValueError:
+            self.counters["ws_bad"] += 1
+            self.log.warning("/ws client %s sent non-JSON: %s", peer,
+                             data[:200].encode("unicode_escape").decode("ascii"))
+            return
+        if isinstance(frame, dict) and "ping" in frame:
+            queue.put_nowait('{"pong":1}')
+        elif isinstance(frame, dict):
+            self.service.ws_frame(frame, peer)
+
+    async def _ws_send(self, sock: web.WebSocketResponse, queue: asyncio.Queue[str | None]) -> None:
+        while True:
+            text = await queue.get()
+            if text is None:
+                await sock.close()
+                return
+            await sock.send_str(text)

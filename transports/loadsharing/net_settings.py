@@ -1,0 +1,60 @@
+"""The network keys of a ``loadsharing`` section (part 2): HTTP port, discovery, group secret.
+
+A mixin so that ``settings.py`` keeps OpenEVSE's keys and the protocol's, and this file the
+network's. With ``node_listen`` set the node speaks HTTP/WebSocket to its peers (OpenEVSE's
+wire, docs/loadsharing_network.md) and its members come from the REST API; the part-1 UDP keys
+(``listen``, ``peers``) must then stay empty.
+"""
+
+from __future__ import annotations
+
+from pydantic import Field, field_validator
+
+from gateway.settings import Secret, Settings, StrList
+
+
+def _host_port(text: str) -> tuple[str, int]:
+    host, sep, port = text.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 0 < int(port) < 65536:
+        raise ValueError(f"expected host:port with a port 1..65535, got {text!r}")
+    return host, int(port)
+
+
+class NetworkKeys(Settings):
+    node_listen: str = Field(
+        default="",
+        description="host:port of the node's HTTP API and /ws (OpenEVSE's wire); the port is "
+        "offset by instance*100; empty: the part-1 UDP link (listen/peers)",
+    )
+    node_host: str = Field(
+        default="",
+        description="how peers reach this node (its member id); default: the listen address, "
+        "with the offset port",
+    )
+    loadsharing_group_secret: Secret | None = Field(
+        default=None,
+        description="optional: sign peer messages and config pushes (HMAC + timestamp) and "
+        "require a token for REST writes; every member needs the same secret",
+    )
+    loadsharing_api_token: Secret | None = Field(
+        default=None,
+        description="with a group secret: the bearer token people use for REST writes",
+    )
+    loadsharing_auth_window: float = Field(
+        default=120.0, ge=5.0, le=3600.0,
+        description="seconds a signed message stays valid (clocks must agree this well)",
+    )
+    discovery: bool = Field(default=True, description="advertise and browse _openevse._tcp")
+    discovery_interfaces: StrList = Field(
+        default=(), description="addresses zeroconf uses (default: all)"
+    )
+    mdns_name: str = Field(
+        default="", description="mDNS host name; default: per instance, from the host name"
+    )
+
+    @field_validator("node_listen")
+    @classmethod
+    def _node_listen(cls, value: str) -> str:
+        if value:
+            _host_port(value)
+        return value

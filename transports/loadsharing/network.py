@@ -1,0 +1,394 @@
+"""The node on the network: members, peer clients, config sync and discovery around the Node.
+
+:class:`NetworkNode` is the :class:`~transports.loadsharing.node.PeerLink` of a node with
+``node_listen`` set and the :class:`~transports.loadsharing.http_api.Service` behind its REST API.
+Reports go out on ``/ws`` to every client (an OpenEVSE poller ignores the extra key); each
+member's reports come in through a :class:`PeerClient` and reach :meth:`Node.receive` as they
+arrive, so a demand change anywhere moves every charger within one message (the transport's
+periodic tick is only the safety net). REST answers are in ``rest.py``.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import json
+import socket
+import time
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
+
+import aiohttp
+
+from gateway.backoff import Backoff
+from gateway.instance import default_base_name, mdns_name, offset_port
+from transports.loadsharing import config_sync as cs
+from transports.loadsharing.auth import GroupAuth
+from transports.loadsharing.discovery import Discovery
+from transports.loadsharing.http_api import HttpApi
+from transports.loadsharing.members import MemberStore
+from transports.loadsharing.messages import Report, encode
+from transports.loadsharing.peer_client import PeerClient
+from transports.loadsharing.rest import RestService
+from transports.loadsharing.settings import parse_address
+
+if TYPE_CHECKING:
+    from transports.loadsharing.transport import LoadSharing
+
+VERSION = "0.8"
+PUSH_ATTEMPTS = 6
+_WILDCARD = {"", "0.0.0.0", "::", "*"}
+
+
+def ini_values(s: Any) -> dict[str, Any]:
+    return {k: getattr(s, k) for k in cs.SYNCED}
+
+
+class NetworkNode(RestService):
+    def __init__(self, t: LoadSharing, on_group_change: Callable[[], None]) -> None:
+        s = t.settings
+        self.t = t
+        self.log = t.log
+        self.on_group_change = on_group_change
+        host, base = parse_address(s.node_listen)
+        self.bind_host = host
+        self.port = offset_port(base, t.ctx.general.instance)
+        shown = socket.gethostname() if host in _WILDCARD else host
+        self.node_id = s.node_host or f"{shown}:{self.port}"
+        self.device_id = hashlib.sha256(self.node_id.encode()).hexdigest()[:12]
+        secret = s.loadsharing_group_secret
+        token = s.loadsharing_api_token
+        self.auth = GroupAuth(secret.get_secret_value() if secret else "",
+                              token.get_secret_value() if token else "",
+                              s.loadsharing_auth_window)
+        state = t.ctx.state_dir
+        self.members = MemberStore(state, self.log)
+        self.config = cs.ConfigStore(state, self.log, ini_values(s), self_host=self.node_id,
+                                     peers=self.members.peers, device_id=self.device_id)
+        self.members.replace(self._peers_of(self.config.current))
+        self.priority = s.loadsharing_priority
+        self.role = s.loadsharing_role
+        self.controller_host = s.loadsharing_controller_host
+        self.enabled = s.loadsharing_enabled
+        self.general_version = 1
+        self.status_version = 0
+        self.started = time.monotonic()
+        self.api = HttpApi(self, self.log)
+        self.clients: dict[str, PeerClient] = {}
+        self.peer_sync: dict[str, dict[str, Any]] = {}
+        self.discovery: Discovery | None = None
+        self.session: aiohttp.ClientSession | None = None
+        self._report_frame: dict[str, Any] = {}
+        self._tasks: set[asyncio.Task[Any]] = set()
+        self._fetching: set[str] = set()
+        self.counters = {"pushes": 0, "adopted": 0, "reports_dropped": 0, "controller_frames": 0}
+
+    # -- life -------------------------------------------------------------------------------
+    async def start(self) -> None:
+        self.session = aiohttp.ClientSession()
+        await self.api.start(self.bind_host, self.port)
+        self.log.info("load-sharing node %s on http://%s:%d (group secret %s)", self.node_id,
+                      self.bind_host, self.port, "on" if self.auth.enabled else "off")
+        s = self.t.settings
+        if s.discovery:
+            name = s.mdns_name or mdns_name(default_base_name(), self.t.ctx.general.instance)
+            addr = [] if self.bind_host in _WILDCARD else [self.bind_host]
+            self.discovery = Discovery(name, self.port, self.device_id, VERSION, self.log,
+                                       interfaces=list(s.discovery_interfaces) or None,
+                                       addresses=addr or None)
+            try:
+                await self.discovery.start()
+            except OSError as exc:
+                self.log.warning("mDNS discovery unavailable: %s", exc)
+                self.discovery = None
+        self.sync_clients()
+
+    async def stop(self) -> None:
+        for task in list(self._tasks):
+            task.cancel()
+        for client in list(self.clients.values()):
+            await client.stop()
+        if self.discovery is not None:
+            await self.discovery.stop()
+        await self.api.stop()
+        if self.session is not None:
+            await self.session.close()
+
+    def spawn(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    @property
+    def group(self) -> cs.GroupConfig:
+        return self.config.current
+
+    def _peers_of(self, cfg: cs.GroupConfig) -> tuple[str, ...]:
+        return tuple(m for m in cfg.members if m != self.node_id)
+
+    def sync_clients(self) -> None:
+        wanted = set(self.members.peers)
+        for host in list(self.clients):
+            if host not in wanted:
+                self.spawn(self.clients.pop(host).stop())
+                self.peer_sync.pop(host, None)
+        assert self.session is not None
+        for host in sorted(wanted - set(self.clients)):
+            client = PeerClient(host, self.session, self.auth, self.log,
+                                timeout=self.group.values["loadsharing_heartbeat_timeout"],
+                                on_status=self._on_status, on_report=self._on_report)
+            self.clients[host] = client
+            client.start()
+
+    # -- the PeerLink of the Node -------------------------------------------------------------
+    def send(self, peer_id: str, message: Report) -> None:
+        self.broadcast(message)  # every /ws client gets every report
+
+    def broadcast(self, message: Report) -> None:
+        text = encode(message).decode()
+        frame = {"pgw_report": text, **self.auth.sign_report(text)}
+        self._report_frame = frame
+        self.status_version += 1
+        self.api.hub.publish(self.status(with_report=False))
+        self.api.hub.send(frame)
+
+    # -- what peers tell us -------------------------------------------------------------------
+    def _on_report(self, report: Report) -> None:
+        node = self.t.node
+        if node is None or report.node not in node.config.members:
+            self.counters["reports_dropped"] += 1
+            return
+        node.receive(report)
+
+    def _on_status(self, host: str, delta: dict[str, Any]) -> None:
+        keys = (cs.VERSION, cs.HASH, cs.UPDATED_AT, "id")
+        if not any(k in delta for k in keys):
+            return
+        seen = self.peer_sync.setdefault(host, {})
+        seen.update({k: delta[k] for k in keys if k in delta})
+        try:
+            theirs = (int(seen[cs.VERSION]), str(seen[cs.HASH]), float(seen[cs.UPDATED_AT]),
+                      str(seen.get("id", "")))
+        except (KeyError, TypeError, ValueError):
+            return  # an OpenEVSE node: no group version to compare
+        if cs.wins(theirs, self.config.key) and host not in self._fetching:
+            self._fetching.add(host)
+            self.spawn(self._fetch_and_adopt(host))
+
+    async def _fetch_and_adopt(self, host: str) -> None:
+        assert self.session is not None
+        try:
+            async with self.session.get(f"http://{host}/config",
+                                        timeout=aiohttp.ClientTimeout(total=10)) as resp:
+                body = await resp.json(content_type=None)
+            if isinstance(body, dict):
+                self.adopt(body, f"fetched from {host}")
+        except (OSError, aiohttp.ClientError, TimeoutError, ValueError) as exc:
+            self.log.info("could not fetch the group configuration from %s: %s", host, exc)
+        finally:
+            self._fetching.discard(host)
+
+    def adopt(self, body: dict[str, Any], origin: str) -> tuple[bool, str]:
+        before = self.group
+        ok, why = self.config.offer(body)
+        if ok:
+            self.counters["adopted"] += 1
+            self.log.info("group configuration version %d (%s) %s: %s", self.group.version,
+                          self.group.hash, origin, why)
+            self.group_changed(before, push=False)
+        return ok, why
+
+    def group_changed(self, before: cs.GroupConfig, push: bool = True) -> None:
+        self.members.replace(self._peers_of(self.group))
+        self.sync_clients()
+        if self.group.hash != before.hash or self.group.version != before.version:
+            self.general_version += 1
+            self.on_group_change()
+            if push:
+                self.push_config()
+
+    # -- config push --------------------------------------------------------------------------
+    def push_config(self) -> None:
+        cfg = self.group
+        for host in self.members.peers:
+            self.spawn(self._push(host, cfg))
+
+    async def _push(self, host: str, cfg: cs.GroupConfig) -> None:
+        assert self.session is not None
+        body = json.dumps(cfg.wire(self.device_id)).encode()
+        backoff = Backoff(initial=0.5, maximum=8.0)
+        for _ in range(PUSH_ATTEMPTS):
+            if self.group is not cfg or self.peer_sync.get(host, {}).get(cs.HASH) == cfg.hash:
+                return
+            try:
+                headers = {"Content-Type": "application/json",
+                           **self.auth.sign_request("POST", "/config", body)}
+                async with self.session.post(f"http://{host}/config", data=body, headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                    self.counters["pushes"] += 1
+                    if resp.status in (200, 409):
+                        return  # taken, or the peer holds a winner we will fetch
+                    self.log.info("config push to %s: %s %s", host, resp.status,
+                                  (await resp.text())[:200])
+                    if resp.status in (400, 401, 403):
+                        return
+            except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+                self.log.debug("config push to %s failed: %s", host, exc)
+            await asyncio.sleep(backoff.next_delay() or 8.0)
+
+    async def post_to(self, host: str, path: str, payload: dict[str, Any],
+                      attempts: int = 3) -> int | None:
+        """A signed POST to a peer (reciprocal add, removal notice); its status or None."""
+        assert self.session is not None
+        body = json.dumps(payload).encode()
+        for attempt in range(attempts):
+            try:
+                headers = {"Content-Type": "application/json",
+                           **self.auth.sign_request("POST", path, body)}
+                async with self.session.post(f"http://{host}{path}", data=body, headers=headers,
+                                             timeout=aiohttp.ClientTimeout(total=3)) as resp:
+                    return resp.status
+            except (OSError, aiohttp.ClientError, TimeoutError) as exc:
+                self.log.debug("POST %s%s failed: %s", host, path, exc)
+            if attempt + 1 < attempts:
+                await asyncio.sleep(0.5 * 2 ** attempt)
+        return None
+
+    # -- the node's own status ----------------------------------------------------------------
+    def status(self, with_report: bool = True) -> dict[str, Any]:
+        t, s, cfg = self.t, self.t.settings, self.group
+        shown = t._local[1] if t._local is not None else {}
+        state = int(shown.get("state", 0))
+        node = t.node
+        total = float(shown.get("amp", 0.0))
+        for c in self.clients.values():
+            amp = c.status.get("amp")
+            if isinstance(amp, int | float) and not isinstance(amp, bool):
+                total += amp / 1000.0
+        out = {
+            "id": self.device_id, "wifi_serial": self.device_id.upper(),
+            "hostname": self.node_id,
+            "amp": round(float(shown.get("amp", 0.0)) * 1000),
+            "voltage": shown.get("voltage", 0.0), "pilot": shown.get("pilot", 0.0),
+            "state": state, "vehicle": int(shown.get("vehicle", 0)),
+            "status": {254: "sleeping", 255: "disabled"}.get(state, "active"),
+            "max_current": s.loadsharing_max_current,
+            "config_version": self.general_version,
+            "loadsharing_min_current": s.loadsharing_min_current,
+            "loadsharing_max_current": s.loadsharing_max_current,
+            "loadsharing_priority": self.priority,
+            "loadsharing_peers_version": self.group.version,
+            "loadsharing_status_version": self.status_version,
+            "loadsharing_joined_peers": list(self.members.peers),
+            "loadsharing_group_current_total": round(total, 3),
+            cs.VERSION: cfg.version, cs.UPDATED_AT: cfg.updated_at, cs.HASH: cfg.hash,
+            "loadsharing_limit": node.limit if node is not None else None,
+            "loadsharing_mode": node.mode if node is not None else "starting",
+        }
+        if with_report:
+            out.update(self._report_frame)
+        return out
+
+    def publish(self) -> None:
+        self.api.hub.publish(self.status(with_report=False))
+
+    def uptime(self) -> float:
+        return time.monotonic() - self.started
+
+    async def wait_stopped(self) -> None:
+        with contextlib.suppress(asyncio.CancelledError):
+            await self.t.ctx.stopping.wait()
+
+
+def group_node_config(net: NetworkNode) -> Any:
+    """The Node's configuration from the synced group values and members.
+
+    If the failsafe of all members would exceed the breaker (members were added after the
+    values were set), the fallback is lowered to the whole amps that fit: the safe direction.
+    """
+    from dataclasses import replace
+
+    from transports.loadsharing import allocation as al
+    from transports.loadsharing.transport import node_config
+
+    s, v = net.t.settings, net.group.values
+    members = net.group.members
+    disable = v["loadsharing_failsafe_mode"] == "disable"
+    ceiling = v["loadsharing_group_max_current"] * v["loadsharing_safety_factor"]
+    fallback = 0.0 if disable else v["loadsharing_failsafe_safe_current"]
+    if len(members) * fallback > ceiling:
+        fallback = float(int(ceiling // len(members)))
+    return replace(
+        node_config(s), node_id=net.node_id, members=members,
+        limits=al.Limits(v["loadsharing_group_max_current"], v["loadsharing_safety_factor"],
+                         v["loadsharing_failsafe_peer_assumed_current"]),
+        timeout=v["loadsharing_heartbeat_timeout"], fallback=fallback, disable_mode=disable,
+        priority=net.priority, group_id=v["loadsharing_group_id"],
+    )
+
+
+async def run_networked(t: LoadSharing) -> None:
+    """``LoadSharing.run`` for a node with ``node_listen``: the same life, the HTTP peer link,
+    and a new Node (a new epoch) whenever the group configuration changes."""
+    from transports.loadsharing.node import Node
+    from transports.loadsharing.transport import FIRST_STATUS_WAIT, MonotonicClock
+
+    rebuild = asyncio.Event()
+    net = NetworkNode(t, rebuild.set)
+    t.net = net  # type: ignore[attr-defined]
+    await net.start()
+    try:
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(t._first_status.wait(), FIRST_STATUS_WAIT)
+        initial = 0
+        if t._charger_limit is not None and not t._charger_paused:
+            initial = t._charger_limit
+
+        def build() -> None:
+            cfg = group_node_config(net)
+            old = t.node
+            if old is not None and (old.config.members, old.config.timeout,
+                                    old.config.disable_mode) == (cfg.members, cfg.timeout,
+                                                                 cfg.disable_mode):
+                # same members and timing: new values apply in place, views kept; the new
+                # group hash stops agreement until every member has it (lower at once, raise
+                # only on agreement), without waiting a whole view hold again
+                old.config = cfg
+                old._group = cfg.group
+                old.evaluate()
+                t.log.info("node %s: group version %d applied", net.node_id, net.group.version)
+                return
+            limit = t.node.limit if t.node is not None else initial
+            t.node = None
+            t.node = Node(cfg, MonotonicClock(), net, t._on_limit, epoch=t._next_epoch(),
+                          initial_limit=limit,
+                          demanding=t._local is not None and t._local[0])
+            if t._local is not None:
+                t.node.set_local(t._local[0], **t._local[1])
+            t.log.info("node %s: group of %d (version %d), fallback %g A, view hold %.1f s",
+                       net.node_id, len(cfg.members), net.group.version, cfg.fallback,
+                       cfg.view_hold)
+
+        build()
+        await t._start_supervision()
+        workers = [asyncio.create_task(t._command_loop())]
+        if t.settings.charger_heartbeat > 0:
+            workers.append(asyncio.create_task(t._pulse_loop()))
+        try:
+            while not t.ctx.stopping.is_set():
+                if rebuild.is_set():
+                    rebuild.clear()
+                    build()
+                assert t.node is not None
+                t.node.tick()
+                net.publish()
+                await t._show()
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await rebuild.wait()
+        finally:
+            for w in workers:
+                w.cancel()
+    finally:
+        await net.stop()
