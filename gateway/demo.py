@@ -53,7 +53,8 @@ PARTS: list[DemoPart] = [
                       "# a one-node load-sharing group on a 32 A breaker\n"
                       "[loadsharing]\ntransport = loadsharing\nloadsharing_enabled = true\n"
                       "charger = charger\nloadsharing_group_max_current = 32\n"
-                      "bridge = jsonl\n"),
+                      f"node_listen = 127.0.0.1:{8190 + o}\n"
+                      "discovery_interfaces = 127.0.0.1\nbridge = jsonl\n"),
         wait_port=8023),
     DemoPart(
         "inverter", "simulators.modbus_device",
@@ -157,6 +158,7 @@ def run_demo(duration: float, directory: str, instance: int) -> int:
             return 2
         print(f"configuration: {config_path}\nreadings:      {work / 'readings.jsonl'}\n"
               f"status:        http://127.0.0.1:{8180 + offset}/api/transports\n"
+              f"load sharing:  http://127.0.0.1:{8190 + offset}/loadsharing/status\n"
               "stop with Ctrl-C")
         if duration > 0:
             threading.Timer(duration, os.kill, (os.getpid(), signal.SIGTERM)).start()
