@@ -122,7 +122,9 @@ class LoadSharingSettings(NetworkKeys, TransportSettings):
         default=1800, ge=0, description="OpenEVSE's winner rotation; accepted, not used yet"
     )
     loadsharing_role: Literal["", "controller", "member"] = Field(
-        default="", description="OpenEVSE's role; a masterless node ignores it"
+        default="", description="OpenEVSE's role: with node_listen, 'member' (an OpenEVSE "
+        "controller leads this node) or 'controller' (this node leads OpenEVSE members); "
+        "'' = the masterless protocol (docs/loadsharing_openevse.md)"
     )
     loadsharing_controller_host: str = Field(
         default="", description="OpenEVSE's controller host; ignored by a masterless node"
@@ -214,7 +216,8 @@ class LoadSharingSettings(NetworkKeys, TransportSettings):
         ceiling = group * self.loadsharing_safety_factor
         fallback = safe if self.loadsharing_failsafe_mode == "safe_current" else 0.0
         members = self.member_count
-        if self.loadsharing_enabled and members * fallback > ceiling:
+        member_of_openevse = bool(self.node_listen) and self.loadsharing_role == "member"
+        if self.loadsharing_enabled and members * fallback > ceiling and not member_of_openevse:
             raise ValueError(
                 f"{members} members at loadsharing_failsafe_safe_current {safe:g} A draw "
                 f"{members * fallback:g} A in failsafe, over the group's "

@@ -155,6 +155,11 @@ class LoadSharing(Transport[LoadSharingSettings]):
             await self.ctx.stopping.wait()
             return
         await self.ctx.emit(EVENT, describe_event(_specs()))
+        if s.node_listen and s.loadsharing_role:  # in an OpenEVSE group (openevse_roles.py)
+            from transports.loadsharing.openevse_roles import run_openevse_role
+
+            await run_openevse_role(self)
+            return
         if s.node_listen:  # OpenEVSE's wire: REST, /ws, discovery, config sync (network.py)
             await run_networked(self)
             return

@@ -1,0 +1,161 @@
+"""What the OpenEVSE controller role knows of its members, and the allocation from it (pure).
+
+Kept apart from the I/O (``openevse_controller.py``) so that the reserve rules can be checked
+without sockets: a member online gets its share of ``allocation.allocate``; a silent one stays
+counted at what it may still draw until its lease ends (``GroupSettings.lease``), then at the
+assumed current; a node not yet obeying us at its pilot. The why is in docs/loadsharing_openevse.md.
+"""
+
+from __future__ import annotations
+
+from collections import deque
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from transports.loadsharing import allocation as al
+
+if TYPE_CHECKING:
+    import asyncio
+
+    import aiohttp
+
+#: our reason words -> OpenEVSE's where they mean the same (capped at max is an equal share)
+REASON_WORDS = {al.CAPPED_AT_MAX: "equal_share", al.FAILSAFE: "failsafe_disabled"}
+HELD = "held"  # silent, maybe still drawing: reserved at its last target until the lease ends
+
+
+@dataclass(frozen=True)
+class GroupSettings:
+    group_max: float
+    group_id: str = ""
+    safety_factor: float = 1.0
+    heartbeat_timeout: float = 30.0
+    failsafe_mode: str = "safe_current"
+    safe_current: float = 6.0
+    peer_assumed_current: float = 6.0
+    offline_margin: float = 5.0  # clock rate error and message delay beyond the timeout
+    response_time: float = 5.0  # a charger's time to obey a lower limit
+    push_retry: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.peer_assumed_current < self.safe_current:
+            raise ValueError("failsafe_peer_assumed_current must be >= failsafe_safe_current")
+
+    @property
+    def lease(self) -> float:
+        """After the last frame handed to a member's socket, how long it may still draw its
+        target: its own timeout, the margin (delivery delay, clock rates), its charger's
+        response time to the failsafe limit."""
+        return self.heartbeat_timeout + self.offline_margin + self.response_time
+
+    @property
+    def frame_interval(self) -> float:
+        return min(5.0, self.heartbeat_timeout / 3)
+
+    def push_body(self, own_host: str) -> dict[str, Any]:
+        return {"loadsharing_enabled": True, "loadsharing_role": "member",
+                "loadsharing_controller_host": own_host,
+                "loadsharing_group_id": self.group_id,
+                "loadsharing_group_max_current": self.group_max,
+                "loadsharing_safety_factor": self.safety_factor,
+                "loadsharing_heartbeat_timeout": int(self.heartbeat_timeout),
+                "loadsharing_failsafe_mode": self.failsafe_mode,
+                "loadsharing_failsafe_safe_current": self.safe_current,
+                "loadsharing_failsafe_peer_assumed_current": self.peer_assumed_current}
+
+
+@dataclass
+class MemberLink:
+    """What the controller knows of one member."""
+
+    host: str
+    status: dict[str, Any] = field(default_factory=dict)
+    identity: dict[str, Any] = field(default_factory=dict)
+    ws: aiohttp.ClientWebSocketResponse | None = None
+    last_text: float | None = None
+    joined: bool = False  # our push acknowledged with a 200
+    pushed_version: int = 0
+    sent: int | None = None  # the target in our latest frame
+    reason: str = ""
+    last_frame: float | None = None
+    recent: deque[tuple[float, int]] = field(default_factory=deque)
+    task: asyncio.Task[Any] | None = None
+
+    def connected(self, now: float, timeout: float) -> bool:
+        return (self.ws is not None and not self.ws.closed and self.last_text is not None
+                and now - self.last_text <= timeout)
+
+    def held_until(self, s: GroupSettings) -> float:
+        return (self.last_frame or 0.0) + s.lease
+
+    def may_draw(self, now: float, s: GroupSettings) -> float:
+        """The most it may draw by its own rules after losing us: recent targets or failsafe."""
+        window = s.lease
+        while self.recent and now - self.recent[0][0] > window:
+            self.recent.popleft()
+        return max([s.safe_current] + [a for _, a in self.recent])
+
+    def demanding(self) -> bool:
+        st, vehicle = self.status.get("state", 0), self.status.get("vehicle", 0)
+        if vehicle != 1 or st == 0:
+            return False
+        if st == 254:  # asleep: demanding only if we put it to sleep
+            return self.sent is not None and self.sent < self.min_current()
+        return True
+
+    def min_current(self) -> int:
+        return int(_num(self.status.get("loadsharing_min_current"), 6))
+
+    def member(self) -> al.Member:
+        hi = int(_num(self.status.get("loadsharing_max_current"),
+                      _num(self.status.get("max_current"), 32)))
+        lo = min(self.min_current(), hi)
+        return al.Member(self.host, True, self.demanding(), lo, hi,
+                         int(_num(self.status.get("loadsharing_priority"), 0)))
+
+
+def _num(value: Any, default: float) -> float:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
+        else default
+
+
+@dataclass
+class Plan:
+    targets: dict[str, tuple[int, str]]  # host -> (amps, OpenEVSE reason)
+    reserved: float
+    states: dict[str, str]  # host -> online | held | offline | outside
+
+
+def plan(links: list[MemberLink], s: GroupSettings, now: float,
+         local: al.Member | None = None) -> Plan:
+    """The allocation from what the controller knows now (pure apart from pruning ``recent``)."""
+    extra = 0.0
+    members: list[al.Member] = [] if local is None else [local]
+    states: dict[str, str] = {}
+    for link in links:
+        if link.connected(now, s.heartbeat_timeout) and link.joined:
+            members.append(link.member())
+            states[link.host] = "online"
+        elif link.last_frame is not None and now <= link.held_until(s):
+            extra += link.may_draw(now, s)
+            states[link.host] = HELD
+        elif link.connected(now, s.heartbeat_timeout):  # reachable, not (yet) obeying us
+            extra += max(_num(link.status.get("pilot"), 0), s.peer_assumed_current)
+            states[link.host] = "outside"
+        else:
+            members.append(al.Member(link.host, online=False))
+            states[link.host] = "offline"
+    limits = al.Limits(max(0.0, s.group_max * s.safety_factor - extra), 1.0,
+                       s.peer_assumed_current)
+    result = al.allocate(members, limits)
+    targets = {a.id: (a.target_current, REASON_WORDS.get(a.reason, a.reason))
+               for a in result.allocations}
+    for host, st in states.items():
+        if st in (HELD, "outside"):
+            targets[host] = (0, "offline")
+    lost = any(st in (HELD, "offline") for st in states.values())
+    if lost and (s.failsafe_mode == "disable" or s.safe_current <= 0):
+        # as the firmware and the design note: in disable mode one lost member stops the group
+        targets = {h: (0, "failsafe_disabled" if states.get(h) == "online" or h not in states
+                       else "offline") for h in targets}
+    return Plan(targets, result.reserved + extra, states)
