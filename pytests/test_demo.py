@@ -17,7 +17,7 @@ ROOT = Path(__file__).resolve().parent.parent
 
 def test_demo_reads_every_simulated_device(tmp_path: Path) -> None:
     env = dict(os.environ, PGW_RUN_DIR=str(tmp_path / "run"))
-    log = open(tmp_path / "demo.log", "w")  # noqa: SIM115
+    log = open(tmp_path / "demo.log", "w")
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "protocol_gateway.py"), "demo", "--dir", str(tmp_path),
          "--instance", "7"], stdout=log, stderr=subprocess.STDOUT, env=env)

@@ -19,17 +19,15 @@ from protocols.read_plan import (
     plan_reads,
     plan_table,
 )
+from protocols.register_codec import decode, encode_value, to_raw
 from protocols.registers import (
     ORDERS,
     MapError,
     RegisterValue,
     WriteRejected,
     available_maps,
-    decode,
-    encode_value,
     load_map,
     parse_map,
-    to_raw,
 )
 from transports.modbus.device import ModbusDevice
 

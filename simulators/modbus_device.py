@@ -1,9 +1,10 @@
 """A Modbus device simulator driven by the register maps (pymodbus server, TCP and RTU on a PTY).
 
 Each simulated unit serves one map from ``protocols/maps`` (or a map file): its registers are
-encoded with the same codec the transport decodes with (``protocols.registers``), the gaps
-between values read as 0 unless the map declares them unreadable, and values move plausibly
-(PV following a day curve, the battery's state of charge, a meter's power and energy).
+encoded with the same codec the transport decodes with (``protocols.register_codec``), the
+gaps between values read as 0 unless the map declares them unreadable, and values move
+plausibly (PV following a day curve, the battery's state of charge, a meter's power and
+energy: the arithmetic is in ``simulators/modbus_physics.py``).
 
 Faults for tests: an address range answering an exception, silence (no reply, for all requests
 or a range), garbled replies (CRC errors on RTU), and a restart (the server goes away and comes
@@ -12,8 +13,8 @@ back with the same register contents).
     python -m simulators.modbus_device --map eg4_v58 --tcp-port 5020
     python -m simulators.modbus_device --map sdm630 --pty-link /tmp/ttySIM --unit 1 --unit 2
 
-RTU: two PTY pairs joined by a relay; the pymodbus serial server opens one, the gateway opens
-the other through the ``--pty-link`` symlink (a PTY has one openable end, both sides need one).
+RTU: two PTY pairs joined by a relay (``simulators/pty_relay.py``); the pymodbus serial server
+opens one, the gateway opens the other through the ``--pty-link`` symlink.
 """
 
 from __future__ import annotations
@@ -22,18 +23,11 @@ import argparse
 import asyncio
 import contextlib
 import logging
-import math
-import os
 import random
-import select
 import signal
 import sys
-import threading
 import time
-import tty
-import zlib
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 
 from pymodbus.constants import ExcCodes
@@ -41,49 +35,22 @@ from pymodbus.server import ModbusSerialServer, ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 from pymodbus.simulator.simutils import SimUtils
 
+from protocols.register_codec import decode, encode_value, to_raw
 from protocols.registers import (
     BIT_TABLES,
     RegisterMap,
-    RegisterValue,
     Value,
     WriteRejected,
-    decode,
-    encode_value,
     load_map,
-    to_raw,
 )
+from simulators.modbus_physics import inverter_step, kwh_after, meter_phases, sunshine, typical
+from simulators.pty_relay import PtyRelay
 
 log = logging.getLogger("simulators.modbus_device")
 FC_TABLE = {1: "coil", 5: "coil", 15: "coil", 2: "discrete", 3: "holding", 6: "holding",
             16: "holding", 23: "holding", 4: "input"}
 WRITE_FC = frozenset({5, 6, 15, 16})
 Range = tuple[str, int, int]
-
-
-def _typical(spec: RegisterValue) -> Value:
-    """A plausible resting value for a value, from its unit, class and limits."""
-    h = zlib.crc32(spec.name.encode())
-    if spec.dtype == "bool":
-        return spec.address % 2 == 0
-    if spec.dtype == "string":
-        return ("SIM" + spec.name.upper().replace("_", ""))[: spec.count * 2]
-    if spec.options:
-        return spec.options[len(spec.options) // 2][1]
-    if spec.minimum is not None and spec.maximum is not None:
-        mid = (spec.minimum + spec.maximum) / 2
-        return round(mid / spec.scale) * spec.scale
-    name, unit = spec.name, spec.unit
-    by_unit: dict[str, float] = {
-        "V": 52.0 if ("battery" in name or "bms" in name) else 3.3 if "cell" in name
-        else 350.0 if "pv" in name else 380.0 if "bus" in name else 230.0,
-        "A": 5.0, "W": 400.0, "VA": 450.0, "var": 50.0, "Hz": 50.0, "kWh": 1000.0 + h % 1000,
-        "kvarh": 100.0 + h % 100, "°C": 25.0, "%": 60.0, "Ah": 280.0, "s": 86400.0 + h % 1000,
-    }
-    if unit in by_unit:
-        return by_unit[unit]
-    if "power_factor" in name:
-        return 0.98
-    return float(h % 100) * spec.scale + spec.offset
 
 
 class DeviceModel:
@@ -117,7 +84,7 @@ class DeviceModel:
         self._start_hour = 9.0
         self.drop_reply: Callable[[], None] = lambda: None
         for spec in regmap.values:
-            self.set_value(spec.name, _typical(spec))
+            self.set_value(spec.name, typical(spec))
         serial = regmap.meta.get("serial_number", "")
         if serial in regmap:
             spec = regmap[serial]
@@ -161,43 +128,19 @@ class DeviceModel:
             return
         names = self.map
         noise = self._rng.uniform
-        sun = max(0.0, math.sin(math.pi * (self.hour() - 6.0) / 12.0))
+        sun = sunshine(self.hour())
         if "pv_total_power" in names:
-            pv1, pv2 = 4200 * sun * noise(0.95, 1.0), 3800 * sun * noise(0.95, 1.0)
-            load = 450 + 300 * max(0.0, math.sin(math.pi * (self.hour() - 16) / 8)) + noise(0, 60)
             sim_dt = dt * 86400.0 / self.day_seconds  # simulated seconds (a compressed day)
             soc = self._acc.setdefault("battery_soc", float(self.value("battery_soc")))
-            net = pv1 + pv2 - load
-            charge = min(max(net, 0.0), 5000.0) if soc < 100 else 0.0
-            discharge = min(max(-net, 0.0), 5000.0) if soc > 10 else 0.0
-            capacity_wh = 14336.0
-            soc = min(100.0, max(0.0, soc + (charge - discharge) * sim_dt / 3600 / capacity_wh
-                                 * 100))
-            self._acc["battery_soc"] = soc
-            export = max(0.0, net - charge)
-            imported = max(0.0, -net - discharge)
-            updates: dict[str, Value] = {
-                "pv1_power": round(pv1), "pv2_power": round(pv2),
-                "pv_total_power": round(pv1 + pv2), "pv1_voltage": 300 + 80 * sun if sun else 0,
-                "pv2_voltage": 290 + 75 * sun if sun else 0, "battery_soc": round(soc),
-                "battery_charge_power": round(charge), "battery_discharge_power": round(discharge),
-                "battery_current": round((charge - discharge) / 52.0, 2),
-                "battery_voltage": round(48.0 + 0.08 * soc, 1), "load_power": round(load),
-                "grid_export_power": round(export), "grid_import_power": round(imported),
-                "inverter_power": round(max(0.0, load - imported)),
-            }
-            for name, value in updates.items():
+            step = inverter_step(sun, self.hour, soc, sim_dt, noise)
+            self._acc["battery_soc"] = step.soc
+            for name, value in step.updates.items():
                 if name in names:
                     self._put(name, value)
-            self._integrate({"pv_energy_today": pv1 + pv2, "pv_energy_total": pv1 + pv2,
-                             "export_energy_total": export, "import_energy_total": imported,
-                             "charge_energy_total": charge,
-                             "discharge_energy_total": discharge}, sim_dt)
+            self._integrate(step.energy, sim_dt)
         if "power_total" in names:
             total = 0.0
-            for phase in ("l1", "l2", "l3"):
-                volts = 230.0 + noise(-1.5, 1.5)
-                watts = 600 + 400 * math.sin(self.clock() / 30.0) + noise(-50, 50)
+            for phase, volts, watts in meter_phases(self.clock, noise):
                 total += watts
                 for name, value in ((f"voltage_{phase}", volts), (f"power_{phase}", watts),
                                     (f"current_{phase}", abs(watts) / volts)):
@@ -209,7 +152,7 @@ class DeviceModel:
     def _integrate(self, watts: dict[str, float], dt: float) -> None:
         for name, power in watts.items():
             if name in self.map:
-                kwh = self._acc.setdefault(name, float(self.value(name))) + power * dt / 3_600_000
+                kwh = kwh_after(self._acc.setdefault(name, float(self.value(name))), power, dt)
                 self._acc[name] = kwh
                 self._put(name, kwh)
 
@@ -330,10 +273,12 @@ class ModbusSimulator:
         self._drop = 0
         self._servers: list[ModbusTcpServer | ModbusSerialServer] = []
         self._tasks: list[asyncio.Task[None]] = []
-        self._pty: tuple[int, int, int, int] | None = None
-        self.server_pty = ""
-        self._relay_stop = (-1, -1)
-        self._relay: threading.Thread | None = None
+        self._relay: PtyRelay | None = None
+
+    @property
+    def server_pty(self) -> str:
+        """The PTY the serial server opens ("" without ``pty_link``)."""
+        return self._relay.server_pty if self._relay is not None else ""
 
     @property
     def unit(self) -> DeviceModel:
@@ -356,8 +301,9 @@ class ModbusSimulator:
 
     async def start(self) -> None:
         """Start serving; returns once the TCP port accepts and the PTY link exists."""
-        if self.pty_link and self._pty is None:
-            self._open_pty()
+        if self.pty_link and self._relay is None:
+            self._relay = PtyRelay(self.pty_link)
+            self._relay.open()
         await self._start_servers()
 
     async def _start_servers(self) -> None:
@@ -368,7 +314,7 @@ class ModbusSimulator:
             self._servers.append(server)
             self._tasks.append(asyncio.create_task(server.serve_forever()))
             await self._until_listening()
-        if self._pty is not None:
+        if self._relay is not None:
             server = ModbusSerialServer(
                 [u.sim_device() for u in self.units.values()], port=self.server_pty,
                 baudrate=self.baudrate, trace_packet=self._trace, ignore_missing_devices=True)
@@ -389,38 +335,6 @@ class ModbusSimulator:
             return
         raise OSError(f"simulator did not listen on {self.host}:{self.tcp_port}")
 
-    def _open_pty(self) -> None:
-        a_master, a_slave = os.openpty()
-        b_master, b_slave = os.openpty()
-        for fd in (a_master, a_slave, b_master, b_slave):
-            tty.setraw(fd)
-        self._pty = (a_master, a_slave, b_master, b_slave)
-        self.server_pty = os.ttyname(a_slave)
-        link = Path(self.pty_link or "")
-        with contextlib.suppress(FileNotFoundError):
-            link.unlink()
-        link.symlink_to(os.ttyname(b_slave))
-        self._relay_stop = os.pipe()
-        self._relay = threading.Thread(target=self._pump, name="pty-relay", daemon=True)
-        self._relay.start()
-
-    def _pump(self) -> None:
-        """Copy bytes between the two PTY masters, in a thread: a port being closed in the
-        event loop may wait for its output to drain, which needs this relay to keep going."""
-        assert self._pty is not None
-        a_master, _, b_master, _ = self._pty
-        peer = {a_master: b_master, b_master: a_master}
-        wake = self._relay_stop[0]
-        while True:
-            ready, _, _ = select.select([a_master, b_master, wake], [], [])
-            if wake in ready:
-                return
-            for src in ready:
-                with contextlib.suppress(OSError):
-                    data = os.read(src, 4096)
-                    if data:
-                        os.write(peer[src], data)
-
     async def _stop_servers(self) -> None:
         for server in self._servers:
             with contextlib.suppress(Exception):
@@ -440,16 +354,9 @@ class ModbusSimulator:
 
     async def stop(self) -> None:
         await self._stop_servers()
-        if self._pty is not None:
-            os.write(self._relay_stop[1], b"x")
-            if self._relay is not None:
-                self._relay.join(timeout=5)
-            for fd in (*self._pty, *self._relay_stop):
-                with contextlib.suppress(OSError):
-                    os.close(fd)
-            self._pty = None
-            with contextlib.suppress(OSError):
-                Path(self.pty_link or "").unlink()
+        if self._relay is not None:
+            self._relay.close()
+            self._relay = None
 
 
 def _range(text: str) -> Range:

@@ -15,6 +15,7 @@ the protocol run the real :class:`~transports.loadsharing.node.Node` here, with
 
 :meth:`SimGroup.check` is the safety claim: the current all EVs may draw, given every limit
 offered within each charger's response window, never exceeds ``group_max * safety_factor``.
+The randomized search over fault schedules that drives this group is ``simsearch.py``.
 """
 
 from __future__ import annotations
@@ -362,81 +363,7 @@ class SimGroup:
         return node
 
 
-# -- the randomized search -------------------------------------------------------------------
-WANTS = (10.0, 16.0, 32.0)
-
-
-def random_walk(seed: int, *, rho: float = 0.01) -> SimGroup:
-    """One random group under a random fault schedule, healed at the end, run to convergence.
-
-    Scarce budgets (a few amps above everyone's fallback) make every amp count, so a protocol
-    flaw shows as an overload. The caller checks ``violations`` (safety) and, after the final
-    calm phase, that every node agreed on the equal share (liveness).
-    """
-    rng = random.Random(seed)
-    n = rng.randint(2, 6)
-    timeout = rng.choice((5.0, 12.0))
-    spec = GroupSpec(
-        n=n, timeout=timeout, disable_mode=rng.random() < 0.25, rho=rho,
-        max_current=rng.choice((16, 32)), supervision=timeout,
-        response_time=rng.choice((1.0, 5.0)),
-    )
-    spec.group_max = float(n * rng.choice((6, 8, 10, 15)) + rng.choice((0, 3, 20)))
-    g = SimGroup(spec, seed=seed, rates=[rng.uniform(1 - rho, 1 + rho) for _ in range(n)])
-    ids = list(g.ids)
-    for nid in ids:
-        if rng.random() < 0.8:
-            g.plug(nid, want=rng.choice(WANTS))
-    for _ in range(rng.randint(5, 15)):
-        _random_fault(g, rng, ids)
-        g.run(rng.uniform(0.2, 12) * timeout)
-    calm(g, 40 * timeout)
-    return g
-
-
-def _random_fault(g: SimGroup, rng: random.Random, ids: list[str]) -> None:
-    r = rng.random()
-    f = g.net.faults
-    if r < 0.10:
-        g.net.heal()
-    elif r < 0.22:
-        rng.shuffle(ids)
-        k = rng.randint(1, len(ids) - 1)
-        g.net.partition(ids[:k], ids[k:])
-    elif r < 0.32:
-        a, b = rng.sample(ids, 2)
-        g.net.cut(a, b, both=rng.random() < 0.5)
-    elif r < 0.45 and len(ids) >= 3:
-        switch_sides(g, rng, ids)
-    elif r < 0.53:
-        f.drop = rng.choice((0.0, 0.1, 0.3, 0.6))
-        f.duplicate = rng.choice((0.0, 0.1))
-        f.slow = rng.choice((0.0, 0.05, 0.2))
-        f.delay_max = rng.choice((0.05, 0.5, 3.0))
-    elif r < 0.62:
-        nid = rng.choice(ids)
-        if g.alive(nid):
-            g.kill(nid)
-        else:
-            g.start(nid)
-    else:
-        g.plug(rng.choice(ids), plugged=rng.random() < 0.6, want=rng.choice(WANTS))
-
-
-def switch_sides(g: SimGroup, rng: random.Random, ids: list[str]) -> None:
-    """One node moves from side A to side B of a partition, first losing A one way only, so
-    A learns of it a timeout later than the node itself does (the hard case for views)."""
-    mover = rng.choice(ids)
-    others = [i for i in ids if i != mover]
-    rng.shuffle(others)
-    k = rng.randint(1, len(others) - 1)
-    side_a, side_b = others[:k], others[k:]
-    g.net.heal()
-    g.net.partition(side_a, side_b)
-    for a in side_a:
-        g.net.cut(a, mover, both=False)
-
-
+# -- healing and liveness (scenarios and the search) -----------------------------------------
 def calm(g: SimGroup, seconds: float = 200.0) -> None:
     """Heal everything, restart the dead, fast reliable network: the group must converge."""
     g.net.heal()
@@ -457,27 +384,8 @@ def converged(g: SimGroup) -> str:
     return ""
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m transports.loadsharing.simnet --runs N --seed S``: the search, by hand."""
-    import argparse
-    import time
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    failures = 0
-    for seed in range(args.seed, args.seed + args.runs):
-        g = random_walk(seed)
-        problem = converged(g)
-        if g.violations or problem:
-            failures += 1
-            print(f"seed {seed}: violations {g.violations[:2]} {problem}")
-    took = time.monotonic() - started
-    print(f"{args.runs} runs from seed {args.seed}: {failures} failed, {took:.1f} s")
-    return 1 if failures else 0
-
-
 if __name__ == "__main__":
+    # the documented entry point; the search itself lives in simsearch.py
+    from transports.loadsharing.simsearch import main
+
     raise SystemExit(main())

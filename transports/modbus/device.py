@@ -11,15 +11,13 @@ from typing import Any
 
 from gateway.message import ValueSpec
 from protocols.read_plan import LinkCost, ReadPlan, ReadRequest, plan_reads
+from protocols.register_codec import decode, encode, to_raw
 from protocols.registers import (
     INT_RANGE,
     RegisterMap,
     RegisterValue,
     Value,
     WriteRejected,
-    decode,
-    encode,
-    to_raw,
 )
 
 
