@@ -22,6 +22,10 @@ What is promised (docs/transports/mqtt.md "Delivery guarantees" says the same to
   once, then a summary at most every 60 s). Never silent.
 - A batch the sink rejects for good (:class:`Rejected`: bad data, not a sink outage) is
   dropped, counted in ``extra["buffer_rejected"]`` and logged with the sink's reason.
+
+Size: a few lines over the ~400 guide on purpose: the SQLite queue (``DiskQueue``) and the
+delivery loop around it (``StoreAndForward``) share one invariant (delete only what the sink
+acknowledged) that is easier to check in one file.
 """
 
 from __future__ import annotations

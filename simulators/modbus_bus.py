@@ -20,7 +20,6 @@ import contextlib
 import logging
 import os
 import select
-import signal
 import sys
 import threading
 import time
@@ -30,6 +29,7 @@ from pathlib import Path
 
 from protocols.registers import TABLES, RegisterMap, load_map
 from simulators.modbus_device import DeviceModel, ModbusSimulator
+from simulators.serve import serve_until_signal, setup_logging
 
 
 class BusSimulator(ModbusSimulator):
@@ -149,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     units = dict(args.device)
     if len(units) != len(args.device):
         parser.error("a unit id appears twice")
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(args.log_level)
     logging.getLogger("pymodbus").setLevel(logging.CRITICAL + 1)
     inner = f"{args.pty_link}.sim" if args.pty_link and args.line_speed else args.pty_link
     sim = BusSimulator(units, host=args.host, tcp_port=args.tcp_port, pty_link=inner,
@@ -158,23 +158,25 @@ def main(argv: list[str] | None = None) -> int:
     for unit in args.silent:
         sim.silence(unit)
 
-    async def run() -> None:
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            loop.add_signal_handler(sig, stop.set)
+    async def start() -> None:
         await sim.start()
         if paced is not None:
             paced.start()
+
+    async def stop() -> None:
+        if paced is not None:
+            paced.stop()
+        await sim.stop()
+
+    def ready() -> str:
         where = [f"tcp {args.host}:{args.tcp_port}"] if args.tcp_port is not None else []
         if args.pty_link:
             where.append(f"rtu {args.pty_link}")
         listing = ", ".join(f"{u}:{m.map.name}" for u, m in sim.units.items())
-        print(f"modbus bus simulator ready: units {listing}, {', '.join(where)}", flush=True)
-        await stop.wait()
-        if paced is not None:
-            paced.stop()
-        await sim.stop()
+        return f"modbus bus simulator ready: units {listing}, {', '.join(where)}"
+
+    async def run() -> None:
+        await serve_until_signal(start, stop, ready)
 
     asyncio.run(run())
     return 0

@@ -29,7 +29,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import time
 from typing import Any
 
@@ -38,6 +37,7 @@ from aiohttp import web
 from simulators import openevse_loadsharing as ls
 from simulators.ev_model import EvModel
 from simulators.evse_model import SLEEPING, EvseModel
+from simulators.serve import serve_until_signal, setup_logging
 
 log = logging.getLogger("openevse_node")
 
@@ -387,24 +387,14 @@ def node_from_args(args: argparse.Namespace) -> OpenEvseNode:
 
 async def _serve(args: argparse.Namespace) -> None:
     node = node_from_args(args)
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await node.start()
-    print(
-        f"openevse_node ready: http://{node.host}/ ({node.hostname}, role {node.role!r})",
-        flush=True,
-    )
-    try:
-        await stop.wait()
-    finally:
-        await node.stop()
+    await serve_until_signal(
+        node.start, node.stop,
+        lambda: f"openevse_node ready: http://{node.host}/ ({node.hostname}, role {node.role!r})")
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(args.log_level)
     asyncio.run(_serve(args))
 
 

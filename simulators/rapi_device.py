@@ -19,7 +19,6 @@ import asyncio
 import contextlib
 import logging
 import os
-import signal
 import threading
 import tty
 from collections.abc import Callable
@@ -29,6 +28,7 @@ from protocols.rapi import RapiParser
 from simulators.ev_model import EvModel
 from simulators.evse_model import EvseModel
 from simulators.rapi_responder import Quirks, RapiResponder
+from simulators.serve import serve_until_signal, setup_logging
 
 log = logging.getLogger("rapi_device")
 T = TypeVar("T")
@@ -343,23 +343,17 @@ async def _serve(args: argparse.Namespace) -> None:
         time_scale=args.time_scale,
         mcu_id=args.mcu_id,
     )
-    stop = asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        loop.add_signal_handler(sig, stop.set)
-    await device.start()
-    extra = f" (pty {device.pty_name})" if args.mode == "pty" else ""
-    http = f", control http://{args.bind}:{device.http_port}/" if device.http_port else ""
-    print(f"rapi_device ready: {device.endpoint}{extra}{http}", flush=True)
-    try:
-        await stop.wait()
-    finally:
-        await device.stop()
+    def ready() -> str:
+        extra = f" (pty {device.pty_name})" if args.mode == "pty" else ""
+        http = f", control http://{args.bind}:{device.http_port}/" if device.http_port else ""
+        return f"rapi_device ready: {device.endpoint}{extra}{http}"
+
+    await serve_until_signal(device.start, device.stop, ready)
 
 
 def main(argv: list[str] | None = None) -> None:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=args.log_level, format="%(asctime)s %(name)s %(message)s")
+    setup_logging(args.log_level)
     asyncio.run(_serve(args))
 
 
