@@ -6,6 +6,9 @@ binary skips the test with the Debian package to install; nothing here touches a
 service (the system Mosquitto on 1883 is left alone).
 
 Test modules wrap these in their own fixtures: ``with Mosquitto(tmp) as broker: ...``.
+
+Size: over the ~400-line guide on purpose: one class per real server, so each test module starts
+only what it needs.
 """
 
 from __future__ import annotations

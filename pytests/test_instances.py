@@ -4,6 +4,9 @@ Daemons here are real: a small stand-in program (written to tmp_path) detaches t
 :func:`gateway.daemon.start_daemon` exactly as ``instance N start`` does, binds its instance's
 port and registers its claims; the tests then look at it from outside (pid file, /proc,
 signals). Each test gets its own claim registry directory through ``PGW_RUN_DIR``.
+
+Size: over the ~400-line guide on purpose: one module per issue feature list (instances, daemon,
+systemd), sharing its fixtures.
 """
 
 from __future__ import annotations

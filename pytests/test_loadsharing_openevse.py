@@ -1,5 +1,9 @@
 """The gateway in OpenEVSE groups: member of a simulated OpenEVSE controller, controller of
-simulated OpenEVSE members. Real HTTP and WebSocket on 127.0.0.1, the simulators in-process."""
+simulated OpenEVSE members. Real HTTP and WebSocket on 127.0.0.1, the simulators in-process.
+
+Size: over the ~400-line guide on purpose: both OpenEVSE roles share the simulator fixtures.
+"""
+
 
 from __future__ import annotations
 

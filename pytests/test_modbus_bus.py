@@ -3,6 +3,8 @@ with different maps on one RTU line (a real PTY pair) and on one TCP port. No mo
 
 Timing checks are ratios of mean intervals measured over many scans, with a stated generous
 tolerance (``INTERVAL_TOLERANCE``); waits poll a condition with a deadline.
+
+Size: over the ~400-line guide on purpose: one bus fixture serves every scenario of the issue.
 """
 
 from __future__ import annotations

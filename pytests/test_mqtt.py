@@ -1,4 +1,9 @@
-"""The mqtt transport against a real Mosquitto: state, discovery, commands, TLS, outages."""
+"""The mqtt transport against a real Mosquitto: state, discovery, commands, TLS, outages.
+
+Size: over the ~400-line guide on purpose: one broker fixture serves every MQTT scenario of the
+issue.
+"""
+
 
 from __future__ import annotations
 

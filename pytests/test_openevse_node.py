@@ -3,6 +3,8 @@
 Pure rules first (allocation, validation), then one node's REST and ``/ws`` on loopback, then
 a simulated controller with simulated members converging, losing its controller, and removing
 a member. Waits poll with generous deadlines; nothing is judged by the wall clock.
+
+Size: over the ~400-line guide on purpose: every firmware fact is checked against one simulator.
 """
 
 from __future__ import annotations

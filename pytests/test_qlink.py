@@ -1,6 +1,9 @@
 """The qlink transport against the controller simulator over real TCP on 127.0.0.1.
 
 Small timeouts in the settings keep this quick; every wait polls a condition.
+
+Size: over the ~400-line guide on purpose: one simulator fixture serves every connection scenario
+of the issue.
 """
 
 from __future__ import annotations

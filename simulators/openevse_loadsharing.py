@@ -22,19 +22,19 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
+from transports.loadsharing.settings import (  # noqa: F401 - the firmware's wire messages
+    MSG_ASSUMED,
+    MSG_GROUP_MAX,
+    MSG_MODE,
+    MSG_READ_ONLY,
+    MSG_SAFE,
+    MSG_SAFE_OVER_MAX,
+    MSG_SAFETY,
+    MSG_TIMEOUT,
+)
+
 SLEEPING = 254
 CHARGING = 3
-
-MSG_READ_ONLY = "Load sharing configuration is read-only on members"
-MSG_GROUP_MAX = "loadsharing_group_max_current must be >= 0"
-MSG_SAFETY = "loadsharing_safety_factor must be between 0.0 and 1.0"
-MSG_TIMEOUT = "loadsharing_heartbeat_timeout must be between 5 and 600 seconds"
-MSG_SAFE = "loadsharing_failsafe_safe_current must be between 0 and 80 amps"
-MSG_ASSUMED = "loadsharing_failsafe_peer_assumed_current must be between 0 and 80 amps"
-MSG_MODE = "loadsharing_failsafe_mode must be 'safe_current' or 'disable'"
-MSG_SAFE_OVER_MAX = (
-    "loadsharing_failsafe_safe_current must not exceed loadsharing_group_max_current"
-)
 
 #: the keys a controller pushes to its members (plus role and controller host)
 GROUP_KEYS = (

@@ -29,8 +29,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from transports.loadsharing.auth import GroupAuth
-
-READ_ONLY_MSG = "Load sharing configuration is read-only on members"
+from transports.loadsharing.settings import MSG_READ_ONLY as READ_ONLY_MSG
 
 #: the group keys a controller pushes; a member stores them and shows them in ``GET /config``
 GROUP_KEYS = (

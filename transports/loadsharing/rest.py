@@ -16,7 +16,8 @@ from transports.loadsharing.members import valid_host
 if TYPE_CHECKING:
     from transports.loadsharing.network import NetworkNode
 
-READ_ONLY = "Load sharing configuration is read-only on members"
+from transports.loadsharing.settings import MSG_READ_ONLY as READ_ONLY
+
 #: our allocation reasons -> OpenEVSE's words on the wire (ours kept in ``pgw_reason``)
 REASONS = {"capped_at_max": "equal_share", "failsafe": "failsafe_disabled"}
 LEAVE = {"loadsharing_enabled": False, "loadsharing_role": "", "loadsharing_controller_host": ""}

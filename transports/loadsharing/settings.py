@@ -21,6 +21,8 @@ from transports.loadsharing.net_settings import NetworkKeys
 
 FailsafeMode = Literal["safe_current", "disable"]
 
+#: OpenEVSE's own wording (LOADSHARING.md): our node and the OpenEVSE simulator both answer with it.
+MSG_READ_ONLY = "Load sharing configuration is read-only on members"
 MSG_GROUP_MAX = "loadsharing_group_max_current must be >= 0"
 MSG_SAFETY = "loadsharing_safety_factor must be between 0.0 and 1.0"
 MSG_TIMEOUT = "loadsharing_heartbeat_timeout must be between 5 and 600 seconds"
