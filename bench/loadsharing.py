@@ -7,7 +7,10 @@ and the clock runs until every *other* simulator reports the lower ``current_cap
 node saw the plug-in ($AT), its report reached every peer over /ws, each peer lowered at once
 and wrote ``$SC``. Unplugging lets them rise again (after agreement) before the next round.
 
-    python bench/loadsharing.py [--sizes 2,4,8] [--rounds 10]
+Then the controller role (``bench/loadsharing_openevse.py``): plug-in on one simulated OpenEVSE
+member to every member's new limit, median and p95.
+
+    python bench/loadsharing.py [--sizes 2,4,8] [--rounds 10] [--controller-rounds 10]
 """
 
 from __future__ import annotations
@@ -73,6 +76,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--sizes", default="2,4,8")
     ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--controller-rounds", type=int, default=10)
     args = ap.parse_args()
     print(f"plug-in on one node -> every other charger's limit lowered ({args.rounds} rounds)")
     print(f"{'nodes':>5}  {'median ms':>9}  {'p95 ms':>7}  {'max ms':>7}")
@@ -82,6 +86,10 @@ def main() -> None:
         p95 = times[min(len(times) - 1, round(0.95 * (len(times) - 1)))]
         print(f"{n:>5}  {statistics.median(times) * 1000:9.0f}  {p95 * 1000:7.0f}  "
               f"{times[-1] * 1000:7.0f}", flush=True)
+    if args.controller_rounds:
+        from bench.loadsharing_openevse import report
+
+        report(args.controller_rounds)
 
 
 if __name__ == "__main__":

@@ -36,8 +36,22 @@ def members(draw: st.DrawFn) -> list[Member]:
             min_current=lo,
             max_current=hi,
             priority=draw(st.integers(-3, 3)),
+            # some members raise themselves to a floor (OpenEVSE members of a mixed group)
+            floor=draw(st.sampled_from([0, 0, 0, 6, 10])),
+            reserve=draw(st.sampled_from([0.0, 0.0, 8.0, 20.5])),
         ))
     return out
+
+
+def reserves_of(group: list[Member], limits: Limits) -> float:
+    return sum(max(limits.peer_assumed_current, m.reserve, m.floor)
+               for m in group if not m.online)
+
+
+def counted(group: list[Member], result: object) -> int:
+    """What the breaker sees of the online members: a floored one at least at its floor."""
+    by_id = {a.id: a.target_current for a in result.allocations}  # type: ignore[attr-defined]
+    return sum(m.counted(by_id[m.id]) for m in group if m.online)
 
 
 limits_st = st.builds(
@@ -50,13 +64,17 @@ limits_st = st.builds(
 
 @given(members(), limits_st)
 def test_within_the_breaker(group: list[Member], limits: Limits) -> None:
-    """Allocations plus offline reserves stay under group_max * safety_factor (and when the
-    reserves alone exceed it, nobody gets anything)."""
+    """Allocations (a floored member counted at its floor at least) plus offline reserves stay
+    under group_max * safety_factor (and when reserves and floors alone exceed it, nobody gets
+    anything)."""
     result = allocate(group, limits)
-    reserves = sum(1 for m in group if not m.online) * limits.peer_assumed_current
+    reserves = reserves_of(group, limits)
+    floors = sum(m.floor for m in group if m.online)
     assert result.total <= max(0.0, limits.ceiling - reserves) + 1e-9
-    if reserves <= limits.ceiling:
-        assert result.total + reserves <= limits.ceiling + 1e-9
+    if reserves + floors <= limits.ceiling:
+        assert counted(group, result) + reserves <= limits.ceiling + 1e-9
+    else:
+        assert result.total == 0
 
 
 @given(members(), limits_st)
@@ -88,7 +106,10 @@ def test_nothing_left_while_someone_is_below_max(group: list[Member], limits: Li
         a for a in result.allocations
         if a.target_current > 0 and a.target_current < by_id[a.id].max_current
     ]
-    left = result.budget - result.total
+    left = result.budget - counted(group, result)
+    if left < 0:  # the floors alone did not fit: nobody was given anything
+        assert result.total == 0
+        return
     assert left >= 0
     if served_below_max:
         assert left < len(served_below_max)
@@ -96,7 +117,7 @@ def test_nothing_left_while_someone_is_below_max(group: list[Member], limits: Li
     for a in result.allocations:
         m = by_id[a.id]
         if a.reason == INSUFFICIENT:
-            assert m.min_current > left
+            assert m.above_floor().min_current > left
 
 
 def g(*specs: tuple[str, bool, bool], mx: int = 32) -> list[Member]:
@@ -159,3 +180,23 @@ def test_failsafe_result_names_every_member() -> None:
     assert [(a.id, a.target_current, a.reason) for a in res.allocations] == [
         ("a", 6, "failsafe"), ("b", 0, "failsafe"),
     ]
+
+
+def test_floored_members_count_at_their_floor() -> None:
+    """OpenEVSE members of a mixed group raise themselves to their failsafe current (6 A) on
+    their own: they are counted at 6 A at least, given at least that when demanding, and an
+    offline one reserves the largest of its floor, its own reserve and the assumed current."""
+    group = [Member("gw1", demanding=True), Member("gw2", demanding=True),
+             Member("ev1", demanding=True, floor=6), Member("ev2", demanding=True, floor=6)]
+    res = allocate(group, Limits(40))
+    assert [a.target_current for a in res.allocations] == [10, 10, 10, 10]
+    idle = [*group[:3], Member("ev2", demanding=False, floor=6)]
+    res = allocate(idle, Limits(40))
+    assert [a.target_current for a in res.allocations] == [11, 0, 11, 11]  # ev2 counts 6 A
+    assert res.floors == 12
+    held = [*group[:3], Member("ev2", online=False, floor=6, reserve=14.5)]
+    res = allocate(held, Limits(40))
+    assert res.reserved == 14.5 and res.total == 24
+    scarce = allocate(group, Limits(20))  # floors 12 A, 8 A left: one gateway node at 6 A
+    assert [(a.target_current, a.reason) for a in scarce.allocations] == [
+        (6, MIN_SUBSET), (6, MIN_SUBSET), (6, MIN_SUBSET), (0, INSUFFICIENT)]

@@ -15,6 +15,14 @@ The steps (docs/loadsharing.md, "Allocation"):
    per uncapped member is left (that remainder stays unallocated: a share is never uneven);
 5. otherwise a deterministic subset (priority, then id; lower wins) whose minimums fit is served
    the same way and the others get 0.
+
+A member may have a ``floor``: it is counted at ``max(target, floor)`` whatever it is given,
+because it can raise itself to that much on its own. That is an OpenEVSE firmware member in a
+mixed group: after ``heartbeat_timeout`` without a frame it applies its failsafe current, whoever
+leads it (docs/loadsharing_openevse.md, "Mixed groups"). Online floors come off the budget first;
+a demanding floored member then takes part above its floor. An offline member's reserve is the
+largest of ``peer_assumed_current``, its ``floor`` and its own ``reserve`` (what a silent member
+may still draw from its last frames).
 """
 
 from __future__ import annotations
@@ -44,6 +52,8 @@ class Member:
     min_current: int = 6
     max_current: int = 32
     priority: int = 0
+    floor: int = 0  # counted at least this much whatever it gets (it can raise itself to it)
+    reserve: float = 0.0  # offline: held back at least this much (beyond the assumed current)
 
     def __post_init__(self) -> None:
         if not 0 <= self.min_current <= self.max_current:
@@ -51,6 +61,20 @@ class Member:
                 f"member {self.id!r}: need 0 <= min_current <= max_current, "
                 f"got {self.min_current}..{self.max_current}"
             )
+        if self.floor < 0 or not 0 <= self.reserve < math.inf:
+            raise ValueError(f"member {self.id!r}: floor and reserve must be >= 0 and finite")
+
+    def above_floor(self) -> Member:
+        """How it takes part once its floor is counted: its min and max less the floor."""
+        if self.floor == 0:
+            return self
+        lo = max(0, self.min_current - self.floor)
+        hi = max(lo, self.max_current - self.floor)
+        return Member(self.id, self.online, self.demanding, lo, hi, self.priority)
+
+    def counted(self, target: int) -> int:
+        """What the budget counts for it at ``target`` (online)."""
+        return max(target, self.floor)
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,11 +99,14 @@ class Allocation:
 
 @dataclass(frozen=True, slots=True)
 class Result:
-    """The allocation of every member (sorted by id) and what was held back for offline ones."""
+    """The allocation of every member (sorted by id) and what was held back for offline ones.
+
+    ``budget`` is what online members share (``floors`` of it counted for floored ones)."""
 
     allocations: tuple[Allocation, ...]
     reserved: float
     budget: int
+    floors: int = 0
 
     def target(self, member_id: str) -> int:
         for a in self.allocations:
@@ -102,17 +129,22 @@ def allocate(members: Iterable[Member], limits: Limits) -> Result:
     if len(set(ids)) != len(ids):
         raise ValueError(f"duplicate member ids: {ids}")
     offline = [m for m in ordered if not m.online]
-    reserved = limits.peer_assumed_current * len(offline)
+    reserved = sum(max(limits.peer_assumed_current, m.reserve, m.floor) for m in offline)
     available = max(0.0, limits.ceiling - reserved)
     budget = math.floor(available) if math.isfinite(available) else 0
+    floors = sum(m.floor for m in ordered if m.online)
+    pool = budget - floors
     demanding = [m for m in ordered if m.online and m.demanding]
+    part = {m.id: m.above_floor() for m in demanding}
 
     served: list[Member]
-    if sum(m.min_current for m in demanding) <= budget:
-        served, subset = demanding, False
+    if pool < 0:  # the floors alone don't fit: nobody is given anything
+        served, subset, pool = [], True, 0
+    elif sum(part[m.id].min_current for m in demanding) <= pool:
+        served, subset = [part[m.id] for m in demanding], False
     else:
-        served, subset = _subset(demanding, budget), True
-    shares = _water_fill(served, budget)
+        served, subset = _subset([part[m.id] for m in demanding], pool), True
+    shares = _water_fill(served, pool)
 
     out: list[Allocation] = []
     served_ids = {m.id for m in served}
@@ -124,7 +156,7 @@ def allocate(members: Iterable[Member], limits: Limits) -> Result:
         elif m.id not in served_ids:
             out.append(Allocation(m.id, 0, INSUFFICIENT))
         else:
-            amps = shares[m.id]
+            amps = min(m.max_current, shares[m.id] + m.floor)
             if subset:
                 reason = MIN_SUBSET
             elif amps >= m.max_current:
@@ -132,7 +164,7 @@ def allocate(members: Iterable[Member], limits: Limits) -> Result:
             else:
                 reason = EQUAL_SHARE
             out.append(Allocation(m.id, amps, reason))
-    return Result(tuple(out), reserved, budget)
+    return Result(tuple(out), reserved, budget, floors)
 
 
 def failsafe_result(member_ids: Iterable[str], local_id: str, local_amps: int) -> Result:

@@ -31,6 +31,25 @@ class MessageError(ValueError):
 
 
 @dataclass(frozen=True, slots=True)
+class LedMember:
+    """An OpenEVSE member as the acting controller of a mixed group sees it (an allocation
+    input of the whole group: it travels in that controller's status, versioned with it).
+    ``reserve``: what an offline (silent, not yet joined) member may still draw."""
+
+    host: str
+    online: bool = False
+    demanding: bool = False
+    min_current: int = 6
+    max_current: int = 32
+    priority: int = 0
+    reserve: float = 0.0
+
+    def wire(self) -> list[Any]:
+        return [self.host, self.online, self.demanding, self.min_current, self.max_current,
+                self.priority, round(self.reserve, 3)]
+
+
+@dataclass(frozen=True, slots=True)
 class Status:
     """A member's allocation inputs (versioned) plus what it shows (not versioned)."""
 
@@ -44,10 +63,11 @@ class Status:
     pilot: float = 0.0
     state: int = 0
     vehicle: int = 0
+    led: tuple[LedMember, ...] = ()  # the OpenEVSE members, from their acting controller only
 
-    def inputs(self) -> tuple[bool, int, int, int]:
+    def inputs(self) -> tuple[Any, ...]:
         """The fields the allocation reads; a change of them bumps ``version``."""
-        return (self.demanding, self.min_current, self.max_current, self.priority)
+        return (self.demanding, self.min_current, self.max_current, self.priority, self.led)
 
 
 @dataclass(frozen=True, slots=True)
@@ -101,6 +121,7 @@ def encode(report: Report) -> bytes:
             "demanding": s.demanding, "min_current": s.min_current, "max_current": s.max_current,
             "priority": s.priority, "version": s.version, "amp": s.amp, "voltage": s.voltage,
             "pilot": s.pilot, "state": s.state, "vehicle": s.vehicle,
+            **({"led": [m.wire() for m in s.led]} if s.led else {}),
         },
         "view": list(report.view),
         "view_age": round(report.view_age, 3),
@@ -134,6 +155,7 @@ def decode(raw: bytes) -> Report:
             pilot=_num(st.get("pilot", 0.0)),
             state=_int(st.get("state", 0)),
             vehicle=_int(st.get("vehicle", 0)),
+            led=tuple(_led(x) for x in _list(st.get("led", []))),
         )
         if not 0 <= status.min_current <= status.max_current:
             raise ValueError("min_current/max_current out of order")
@@ -159,6 +181,21 @@ def decode(raw: bytes) -> Report:
         )
     except (KeyError, TypeError, ValueError, IndexError) as exc:
         raise MessageError(f"bad report field ({exc})", raw) from None
+
+
+def _led(v: Any) -> LedMember:
+    host, online, demanding, lo, hi, priority, reserve = _list(v)
+    m = LedMember(_str(host), _bool(online), _bool(demanding), _int(lo), _int(hi),
+                  _int(priority), _num(reserve))
+    if not 0 <= m.min_current <= m.max_current:
+        raise ValueError(f"led member {m.host!r}: min_current/max_current out of order")
+    return m
+
+
+def _list(v: Any) -> list[Any]:
+    if not isinstance(v, list) or len(v) > 64:
+        raise ValueError(f"expected a list (at most 64 items), got {str(v)[:80]!r}")
+    return v
 
 
 def _bool(v: Any) -> bool:

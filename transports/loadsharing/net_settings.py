@@ -51,10 +51,24 @@ class NetworkKeys(Settings):
     mdns_name: str = Field(
         default="", description="mDNS host name; default: per instance, from the host name"
     )
+    openevse_members: StrList = Field(
+        default=(),
+        description="OpenEVSE chargers (host:port of their WiFi module) this group leads: a mixed "
+        "group; the same list on every gateway node (docs/loadsharing_openevse.md)",
+    )
 
     @field_validator("node_listen")
     @classmethod
     def _node_listen(cls, value: str) -> str:
         if value:
             _host_port(value)
+        return value
+
+    @field_validator("openevse_members")
+    @classmethod
+    def _openevse_members(cls, value: tuple[str, ...]) -> tuple[str, ...]:
+        for host in value:
+            _host_port(host)
+        if len(set(value)) != len(value):
+            raise ValueError(f"an OpenEVSE member is listed twice: {', '.join(value)}")
         return value

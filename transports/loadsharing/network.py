@@ -29,6 +29,7 @@ from transports.loadsharing.discovery import Discovery
 from transports.loadsharing.http_api import HttpApi
 from transports.loadsharing.members import MemberStore
 from transports.loadsharing.messages import Report, encode
+from transports.loadsharing.mixed import LedGroup, configure_node
 from transports.loadsharing.peer_client import PeerClient
 from transports.loadsharing.rest import RestService
 from transports.loadsharing.settings import parse_address
@@ -82,6 +83,7 @@ class NetworkNode(RestService):
         self._report_frame: dict[str, Any] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
         self._fetching: set[str] = set()
+        self.led_group: LedGroup | None = None  # a mixed group's OpenEVSE members
         self.counters = {"pushes": 0, "adopted": 0, "reports_dropped": 0, "controller_frames": 0}
 
     # -- life -------------------------------------------------------------------------------
@@ -237,6 +239,31 @@ class NetworkNode(RestService):
                 self.log.debug("config push to %s failed: %s", host, exc)
             await asyncio.sleep(backoff.next_delay() or 8.0)
 
+    def join_openevse(self, push: dict[str, Any], controller: str) -> tuple[int, dict[str, Any]]:
+        """An OpenEVSE controller's push: become its member (``runtime_role.py``), if alone."""
+        from transports.loadsharing.openevse_member import MemberState, validate
+        from transports.loadsharing.runtime_role import refusal
+
+        why = refusal(self.members.peers, controller)
+        if why is not None:
+            if self.counters.get("refused_pushes", 0) == 0:
+                self.log.warning("OpenEVSE controller %s: %s", controller, why)
+            self.counters["refused_pushes"] = self.counters.get("refused_pushes", 0) + 1
+            return 409, {"msg": why}
+        merged = {**MemberState(hostname="", serial="").config,
+                  **{k: v for k, v in push.items() if k.startswith("loadsharing_")}}
+        bad = validate(merged)
+        if bad is not None:
+            return 400, {"msg": bad}
+        if self.members.peers:  # the controller's reciprocal add: not a masterless peer
+            before = self.group
+            self.config.local_change({}, members=())
+            self.group_changed(before, push=False)
+        self.log.info("OpenEVSE controller %s made this node a member", controller)
+        self.t.join_openevse(push)
+        self.general_version += 1
+        return 200, {"msg": "done", "config_version": self.general_version}
+
     async def post_to(self, host: str, path: str, payload: dict[str, Any],
                       attempts: int = 3) -> int | None:
         """A signed POST to a peer (reciprocal add, removal notice); its status or None."""
@@ -317,15 +344,17 @@ def group_node_config(net: NetworkNode) -> Any:
     disable = v["loadsharing_failsafe_mode"] == "disable"
     ceiling = v["loadsharing_group_max_current"] * v["loadsharing_safety_factor"]
     fallback = 0.0 if disable else v["loadsharing_failsafe_safe_current"]
-    if len(members) * fallback > ceiling:
-        fallback = float(int(ceiling // len(members)))
-    return replace(
+    chargers = len(members) + len(s.openevse_members)  # OpenEVSE members fall back too
+    if chargers * fallback > ceiling:
+        fallback = float(int(ceiling // chargers))
+    cfg = replace(
         node_config(s), node_id=net.node_id, members=members,
         limits=al.Limits(v["loadsharing_group_max_current"], v["loadsharing_safety_factor"],
                          v["loadsharing_failsafe_peer_assumed_current"]),
         timeout=v["loadsharing_heartbeat_timeout"], fallback=fallback, disable_mode=disable,
         priority=net.priority, group_id=v["loadsharing_group_id"],
     )
+    return configure_node(net, cfg)
 
 
 async def run_networked(t: LoadSharing) -> None:
@@ -337,6 +366,8 @@ async def run_networked(t: LoadSharing) -> None:
     rebuild = asyncio.Event()
     net = NetworkNode(t, rebuild.set)
     t.net = net  # type: ignore[attr-defined]
+    leading = LedGroup(net.node_id, t.settings.openevse_members, t.log)
+    net.led_group = leading
     await net.start()
     try:
         with contextlib.suppress(TimeoutError):
@@ -347,6 +378,7 @@ async def run_networked(t: LoadSharing) -> None:
 
         def build() -> None:
             cfg = group_node_config(net)
+            leading.configure(cfg, net.group.values["loadsharing_group_id"])
             old = t.node
             if old is not None and (old.config.members, old.config.timeout,
                                     old.config.disable_mode) == (cfg.members, cfg.timeout,
@@ -363,7 +395,8 @@ async def run_networked(t: LoadSharing) -> None:
             t.node = None
             t.node = Node(cfg, MonotonicClock(), net, t._on_limit, epoch=t._next_epoch(),
                           initial_limit=limit,
-                          demanding=t._local is not None and t._local[0])
+                          demanding=t._local is not None and t._local[0],
+                          on_led=leading.on_led)
             if t._local is not None:
                 t.node.set_local(t._local[0], **t._local[1])
             t.log.info("node %s: group of %d (version %d), fallback %g A, view hold %.1f s",
@@ -376,19 +409,33 @@ async def run_networked(t: LoadSharing) -> None:
         if t.settings.charger_heartbeat > 0:
             workers.append(asyncio.create_task(t._pulse_loop()))
         try:
-            while not t.ctx.stopping.is_set():
+            while not t.ctx.stopping.is_set() and not t.switch_role.is_set():
                 if rebuild.is_set():
                     rebuild.clear()
                     build()
                 assert t.node is not None
                 t.node.tick()
+                if leading.hosts:
+                    leading.wake.clear()
+                    await leading.step(t.node)
                 net.publish()
                 await t._show()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
-                        await rebuild.wait()
+                        await _first(rebuild, leading.wake, t.switch_role)
         finally:
             for w in workers:
                 w.cancel()
     finally:
+        await leading.stop()
         await net.stop()
+
+
+async def _first(*events: asyncio.Event) -> None:
+    """Wait until any of ``events`` is set."""
+    waits = [asyncio.create_task(e.wait()) for e in events]
+    try:
+        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        for w in waits:
+            w.cancel()

@@ -30,7 +30,8 @@ from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 from transports.loadsharing import allocation as al
-from transports.loadsharing.messages import Report, Status, group_hash
+from transports.loadsharing import led
+from transports.loadsharing.messages import LedMember, Report, Status, group_hash
 
 AGREED = "agreed"
 HOLD = "hold"
@@ -66,6 +67,9 @@ class NodeConfig:
     rho: float = 0.01
     heartbeat_interval: float = 0.0  # 0: timeout / 6
     group_id: str = ""
+    led: tuple[str, ...] = ()  # OpenEVSE members, led by the view's lowest id (led.py)
+    led_floor: int = 0  # what each counts at least: its own failsafe current
+    extra_hold: float = 0.0  # added to the view hold: how late a led member may fall back
 
     def __post_init__(self) -> None:
         if self.node_id not in self.members:
@@ -87,7 +91,7 @@ class NodeConfig:
         if len(self.members) == 1:
             return 0.0
         k = self.kappa
-        return k * (2 * k * self.timeout + self.response_time) + self.interval
+        return k * (2 * k * self.timeout + self.response_time + self.extra_hold) + self.interval
 
     @property
     def hold_time(self) -> float:
@@ -110,7 +114,7 @@ class NodeConfig:
             group_id=self.group_id, group_max=self.limits.group_max,
             safety_factor=self.limits.safety_factor, assumed=self.limits.peer_assumed_current,
             failsafe_mode="disable" if self.disable_mode else "safe_current",
-            timeout=self.timeout, members=self.members,
+            timeout=self.timeout, members=self.members + tuple(f"led:{h}" for h in self.led),
         )
 
     def quorum(self, view: tuple[str, ...]) -> bool:
@@ -146,6 +150,7 @@ class Node:
         epoch: int = 0,
         initial_limit: int = 0,
         demanding: bool = False,
+        on_led: Callable[[dict[str, int]], None] | None = None,
     ) -> None:
         self.config = config
         self.clock = clock
@@ -170,6 +175,8 @@ class Node:
         self.last_agreed: float | None = None
         self.agreed_since: float | None = None
         self.not_ready_since: float | None = now
+        self.on_led = on_led
+        self.led_targets: dict[str, int] = {}  # while this node leads the OpenEVSE members
         self._sent_at: dict[int, float] = {}
         self._last_sent = -math.inf
         self._last_key: tuple[Any, ...] = ()
@@ -184,6 +191,15 @@ class Node:
             status = replace(status, version=self.status.version + 1)
         self.status = status
         self.evaluate()
+
+    def set_led(self, members: tuple[LedMember, ...]) -> None:
+        """The OpenEVSE members as this node, their acting controller, sees them (or ())."""
+        self.set_local(self.status.demanding, led=tuple(sorted(members, key=lambda m: m.host)))
+
+    @property
+    def controller(self) -> str | None:
+        """Who leads the OpenEVSE members in this node's view (None: there are none)."""
+        return led.acting_controller(self.view) if self.config.led else None
 
     def receive(self, report: Report) -> None:
         """A report from a peer (any order, maybe duplicated, maybe old)."""
@@ -265,6 +281,9 @@ class Node:
                 if not ready and now - since >= cfg.fallback_wait:
                     limit = self._clamp(cfg.fallback) if self.status.demanding else 0
         self.ready = ready
+        self._lead(share_of=self.result.by_id() if self.result else {}, ready=ready,
+                   raise_now=agreed and self.agreed_since is not None
+                   and now - self.agreed_since >= cfg.raise_wait)
         limit = self._clamp(limit)
         if limit != self.limit:
             self.limit = limit
@@ -273,6 +292,28 @@ class Node:
         if key != self._last_key or now - self._last_sent >= cfg.interval:
             self._last_key = key
             self._send(now, view, inputs)
+
+    def _lead(self, share_of: dict[str, al.Allocation], ready: bool, raise_now: bool) -> None:
+        """Move the led members' targets by this node's phase, if it is their controller."""
+        cfg = self.config
+        if not cfg.led or self.controller != cfg.node_id:
+            targets: dict[str, int] = {}
+        else:
+            shares = {h: share_of[h].target_current if h in share_of else 0 for h in cfg.led}
+            targets = led.step_targets(self.led_targets, shares, ready=ready, mode=self.mode,
+                                       raise_now=raise_now, fallback=cfg.led_floor)
+        if targets != self.led_targets:
+            self.led_targets = targets
+            if self.on_led is not None:
+                self.on_led(dict(targets))
+
+    def _led_entries(self, view: tuple[str, ...]) -> tuple[LedMember, ...]:
+        """The led members as their acting controller (in this view) reports them."""
+        lead = led.acting_controller(view)
+        if lead == self.config.node_id:
+            return self.status.led
+        r = self.peers[lead].report
+        return r.status.led if r is not None else ()
 
     def _agrees(self, r: Report | None, view: tuple[str, ...], inputs: dict[str, Any]) -> bool:
         cfg = self.config
@@ -303,6 +344,8 @@ class Node:
                 m, online=m in view, demanding=st.demanding, min_current=st.min_current,
                 max_current=st.max_current, priority=st.priority,
             ))
+        if self.config.led:
+            out += led.as_members(self.config.led, self._led_entries(view), self.config.led_floor)
         return out
 
     def _peer_status(self, m: str) -> Status:
@@ -368,6 +411,8 @@ class Node:
             "online_count": len(self.view),
             "offline_count": len(self.config.members) - len(self.view),
             "peers": peers, "allocations": self.allocations(),
+            **({"controller": self.controller, "led_targets": dict(self.led_targets)}
+               if self.config.led else {}),
         }
 
 

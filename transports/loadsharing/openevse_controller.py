@@ -62,9 +62,11 @@ class OpenEvseController:
         self._background: set[asyncio.Task[Any]] = set()
 
     # -- life ---------------------------------------------------------------------------------
-    async def start(self) -> None:
+    async def start(self, allocate: bool = True) -> None:
+        """``allocate=False``: a mixed group's node allocates; this only talks to the members."""
         self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=10))
-        self._tasks.append(asyncio.create_task(self._allocator()))
+        if allocate:
+            self._tasks.append(asyncio.create_task(self._allocator()))
 
     async def stop(self) -> None:
         for t in self._tasks:
@@ -105,6 +107,24 @@ class OpenEvseController:
             if link.ws is not None and not link.ws.closed:
                 self._spawn(self._push(link))
         self._wake.set()
+
+    def repush(self, host: str) -> None:
+        """Push the group keys to ``host`` again (it names another controller)."""
+        link = self.links.get(host)
+        if link is not None:
+            link.pushed_version = 0
+            self._spawn(self._push(link))
+
+    async def controller_of(self, host: str) -> str | None:
+        """The ``loadsharing_controller_host`` a member's ``GET /config`` names, or None."""
+        try:
+            async with self.session.get(f"http://{host}/config",
+                                        timeout=aiohttp.ClientTimeout(total=5)) as r:
+                body = await r.json(content_type=None)
+        except (aiohttp.ClientError, TimeoutError, ValueError):
+            return None
+        value = body.get("loadsharing_controller_host") if isinstance(body, dict) else None
+        return value if isinstance(value, str) else None
 
     # -- membership ---------------------------------------------------------------------------
     async def add_member(self, host: str, reciprocal: bool = True) -> str:
@@ -268,7 +288,7 @@ class OpenEvseController:
             changed = out != link.sent or reason != link.reason
             due = link.last_frame is None or now - link.last_frame >= s.frame_interval
             if changed or due:
-                await self._send(link, out, reason, now)
+                await self.send_frame(link, out, reason, now)
 
     def _sent(self, host: str) -> int:
         if host == self.own_host:
@@ -285,7 +305,7 @@ class OpenEvseController:
             if self.on_local_limit is not None:
                 self.on_local_limit(out)
 
-    async def _send(self, link: MemberLink, amps: int, reason: str, now: float) -> None:
+    async def send_frame(self, link: MemberLink, amps: int, reason: str, now: float) -> None:
         ws = link.ws
         if ws is None or ws.closed:
             return

@@ -8,11 +8,13 @@ assumed current; a node not yet obeying us at its pilot. The why is in docs/load
 
 from __future__ import annotations
 
+import math
 from collections import deque
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from transports.loadsharing import allocation as al
+from transports.loadsharing.messages import LedMember
 
 if TYPE_CHECKING:
     import asyncio
@@ -126,6 +128,37 @@ class Plan:
     states: dict[str, str]  # host -> online | held | offline | outside
 
 
+def classify(link: MemberLink, s: GroupSettings, now: float) -> str:
+    """online (obeying us, heard within the timeout), held (silent, its lease running),
+    outside (reachable, not joined: it runs on its own limit) or offline."""
+    if link.connected(now, s.heartbeat_timeout) and link.joined:
+        return "online"
+    if link.last_frame is not None and now <= link.held_until(s):
+        return HELD
+    if link.connected(now, s.heartbeat_timeout):
+        return "outside"
+    return "offline"
+
+
+def reserve_of(link: MemberLink, state: str, s: GroupSettings, now: float) -> float:
+    """What a member not online may draw: held at its recent targets, outside at its pilot."""
+    if state == HELD:
+        return link.may_draw(now, s)
+    if state == "outside":
+        return max(_num(link.status.get("pilot"), 0), s.peer_assumed_current)
+    return 0.0
+
+
+def led_entry(link: MemberLink, s: GroupSettings, now: float) -> LedMember:
+    """The member as a mixed group's acting controller publishes it (``led.py``)."""
+    state = classify(link, s, now)
+    if state == "online":
+        m = link.member()
+        return LedMember(link.host, True, m.demanding, m.min_current, m.max_current,
+                         m.priority)
+    return LedMember(link.host, reserve=float(math.ceil(reserve_of(link, state, s, now))))
+
+
 def plan(links: list[MemberLink], s: GroupSettings, now: float,
          local: al.Member | None = None) -> Plan:
     """The allocation from what the controller knows now (pure apart from pruning ``recent``)."""
@@ -133,18 +166,13 @@ def plan(links: list[MemberLink], s: GroupSettings, now: float,
     members: list[al.Member] = [] if local is None else [local]
     states: dict[str, str] = {}
     for link in links:
-        if link.connected(now, s.heartbeat_timeout) and link.joined:
+        state = states[link.host] = classify(link, s, now)
+        if state == "online":
             members.append(link.member())
-            states[link.host] = "online"
-        elif link.last_frame is not None and now <= link.held_until(s):
-            extra += link.may_draw(now, s)
-            states[link.host] = HELD
-        elif link.connected(now, s.heartbeat_timeout):  # reachable, not (yet) obeying us
-            extra += max(_num(link.status.get("pilot"), 0), s.peer_assumed_current)
-            states[link.host] = "outside"
-        else:
+        elif state == "offline":
             members.append(al.Member(link.host, online=False))
-            states[link.host] = "offline"
+        else:
+            extra += reserve_of(link, state, s, now)
     limits = al.Limits(max(0.0, s.group_max * s.safety_factor - extra), 1.0,
                        s.peer_assumed_current)
     result = al.allocate(members, limits)

@@ -62,8 +62,10 @@ def group_settings(t: LoadSharing) -> GroupSettings:
         response_time=s.loadsharing_response_time)
 
 
-async def run_openevse_role(t: LoadSharing) -> None:
-    """The transport's life in an OpenEVSE group; returns when the transport stops."""
+async def run_openevse_role(t: LoadSharing, role: str,
+                            pushed: dict[str, Any] | None = None) -> None:
+    """The transport's life in an OpenEVSE group; returns when the transport stops, or when a
+    member that joined at run time (``pushed``: the controller's push) is reset."""
     s = t.settings
     if not s.node_listen:
         raise ValueError("loadsharing_role needs node_listen (OpenEVSE peers speak HTTP)")
@@ -78,8 +80,8 @@ async def run_openevse_role(t: LoadSharing) -> None:
     if s.charger_heartbeat > 0:
         workers.append(asyncio.create_task(t._pulse_loop()))
     try:
-        if s.loadsharing_role == "member":
-            await _member(t, bind, port, me)
+        if role == "member":
+            await _member(t, bind, port, me, pushed)
         else:
             await _controller(t, bind, port, me)
     finally:
@@ -118,13 +120,16 @@ class Shown:
                                                       "device_identifier": self.me})
 
 
-async def _member(t: LoadSharing, bind: str, port: int, me: str) -> None:
+async def _member(t: LoadSharing, bind: str, port: int, me: str,
+                  pushed: dict[str, Any] | None) -> None:
     s = t.settings
     state = MemberState(hostname=me, serial=hashlib.sha256(me.encode()).hexdigest()[:12],
                         min_current=s.loadsharing_min_current,
                         max_current=s.loadsharing_max_current,
                         priority=s.loadsharing_priority, charger_min=s.loadsharing_min_current)
     state.config["loadsharing_failsafe_safe_current"] = s.loadsharing_failsafe_safe_current
+    if pushed is not None:  # joined at run time (runtime_role.py): the push made us a member
+        state.post_config(pushed, time.monotonic())
 
     async def no_command(data: dict[str, Any]) -> None:
         return None  # the limit goes through the transport's queue below
@@ -145,6 +150,11 @@ async def _member(t: LoadSharing, bind: str, port: int, me: str) -> None:
             if amps is not None and amps != last:
                 t._on_limit(amps)
                 last = amps if state.is_member else None
+            if pushed is not None and not state.is_member:
+                t.log.info("the OpenEVSE controller reset this node's role: back to the "
+                           "masterless protocol")
+                t.roles.clear()
+                return
             now = time.monotonic()
             fs = state.failsafe(now)
             await shown.show("member" if state.is_member else "waiting",

@@ -57,6 +57,9 @@ class RestService:
         role = body.get("loadsharing_role", None)
         if self.role == "member" and ls and role not in ("member", ""):
             return 403, {"msg": READ_ONLY}
+        controller = ls.get("loadsharing_controller_host")
+        if role == "member" and isinstance(controller, str) and controller:
+            return self.join_openevse(body, controller)  # an OpenEVSE controller's push
         synced = {k: ls[k] for k in cs.SYNCED if k in ls}
         merged = {**self.group.values, **synced}
         msg = cs.check_group(merged, len(self.group.members)) if synced else None
@@ -215,6 +218,7 @@ class RestService:
             "config_version": self.group.version, "config_hash": self.group.hash,
             "mode": node.mode if node is not None else "starting",
             "limit": node.limit if node is not None else None,
+            **(self.led_group.snapshot(node) if self.led_group and self.led_group.hosts else {}),
         }
 
     def ws_frame(self: NetworkNode, frame: dict[str, Any], peer: str) -> None:

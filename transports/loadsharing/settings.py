@@ -211,13 +211,17 @@ class LoadSharingSettings(NetworkKeys, TransportSettings):
             raise ValueError("node_listen (the HTTP/WebSocket peer link) and listen/peers (the "
                              "UDP link) exclude each other: members of an HTTP node are added "
                              "over its REST API")
+        if self.openevse_members and (not self.node_listen or self.loadsharing_role):
+            raise ValueError("openevse_members (a mixed group) needs node_listen and the "
+                             "masterless protocol (loadsharing_role empty): OpenEVSE members "
+                             "speak HTTP, and their controller is chosen by the group")
         if self.peers and not self.listen:
             raise ValueError("peers need listen = host:port for the peer link")
         if self.peers and self.node_id and self.node_id != self.listen:
             raise ValueError("with peers, a member's id is its listen address: leave node_id empty")
         ceiling = group * self.loadsharing_safety_factor
         fallback = safe if self.loadsharing_failsafe_mode == "safe_current" else 0.0
-        members = self.member_count
+        members = self.member_count + len(self.openevse_members)
         member_of_openevse = bool(self.node_listen) and self.loadsharing_role == "member"
         if self.loadsharing_enabled and members * fallback > ceiling and not member_of_openevse:
             raise ValueError(

@@ -33,6 +33,7 @@ from transports.loadsharing import allocation as al
 from transports.loadsharing.messages import MessageError, Report, decode, encode
 from transports.loadsharing.network import NetworkNode, run_networked
 from transports.loadsharing.node import FAILSAFE, DemandTracker, Node, NodeConfig
+from transports.loadsharing.runtime_role import RoleStore
 from transports.loadsharing.settings import LoadSharingSettings, parse_address
 
 #: seconds to wait for the charger's first reading before starting paused
@@ -133,6 +134,8 @@ class LoadSharing(Transport[LoadSharingSettings]):
         self._last_reading = 0.0
         self._last_shown: tuple[Any, ...] = ()
         self._local: tuple[bool, dict[str, Any]] | None = None  # the latest charger status
+        self.switch_role = asyncio.Event()  # the role changed at run time (runtime_role.py)
+        self.roles = RoleStore(ctx.state_dir, self.log)
         for key in ("bad_reports", "reports_in", "reports_out", "charger_commands"):
             ctx.counters.extra[key] = 0
 
@@ -155,13 +158,8 @@ class LoadSharing(Transport[LoadSharingSettings]):
             await self.ctx.stopping.wait()
             return
         await self.ctx.emit(EVENT, describe_event(_specs()))
-        if s.node_listen and s.loadsharing_role:  # in an OpenEVSE group (openevse_roles.py)
-            from transports.loadsharing.openevse_roles import run_openevse_role
-
-            await run_openevse_role(self)
-            return
-        if s.node_listen:  # OpenEVSE's wire: REST, /ws, discovery, config sync (network.py)
-            await run_networked(self)
+        if s.node_listen:
+            await self._run_on_http()
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_status.wait(), FIRST_STATUS_WAIT)
@@ -194,6 +192,26 @@ class LoadSharing(Transport[LoadSharingSettings]):
         finally:
             for w in workers:
                 w.cancel()
+
+    async def _run_on_http(self) -> None:
+        """OpenEVSE's wire: the masterless node (``network.py``), or a role in an OpenEVSE group
+        (``openevse_roles.py``): set in the file, or taken at run time from a controller's push
+        and left when it resets the role (``runtime_role.py``)."""
+        from transports.loadsharing.openevse_roles import run_openevse_role
+
+        configured = self.settings.loadsharing_role
+        while not self.ctx.stopping.is_set():
+            self.switch_role.clear()
+            pushed = None if configured else self.roles.load()
+            if configured or pushed is not None:
+                await run_openevse_role(self, configured or "member", pushed)
+            else:
+                await run_networked(self)
+
+    def join_openevse(self, push: dict[str, Any]) -> None:
+        """A masterless node accepted an OpenEVSE controller's push: switch to the member role."""
+        self.roles.save(push)
+        self.switch_role.set()
 
     async def close(self) -> None:
         if self._udp is not None and self._udp.transport is not None:
