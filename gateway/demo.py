@@ -44,16 +44,23 @@ def _system_section(_: int, __: Path) -> str:
 PARTS: list[DemoPart] = [
     DemoPart("system", "", lambda o, d: [], _system_section),
     DemoPart(
+        "openevse", "simulators.openevse_node",
+        lambda o, d: ["--http-port", str(8081 + o), "--plugged", "--soc", "0.6"],
+        lambda o, d: "", wait_port=8081),
+    DemoPart(
         "charger", "simulators.rapi_device",
         lambda o, d: ["--mode", "tcp", "--tcp-port", str(8023 + o), "--http-port", str(8024 + o),
                       "--plugged", "--soc", "0.4"],
         lambda o, d: ("[charger]\ntransport = rapi_serial\n"
                       f"port = socket://127.0.0.1:{8023 + o}\nread_interval = 5\n"
                       "bridge = jsonl, loadsharing\n\n"
-                      "# a one-node load-sharing group on a 32 A breaker\n"
+                      "# a mixed load-sharing group on a 32 A breaker: this gateway's charger\n"
+                      "# and a simulated OpenEVSE charger that it leads\n"
                       "[loadsharing]\ntransport = loadsharing\nloadsharing_enabled = true\n"
                       "charger = charger\nloadsharing_group_max_current = 32\n"
-                      f"node_listen = 127.0.0.1:{8190 + o}\n"
+                      "node_listen = 127.0.0.1:8190\n"  # the instance offset is the node's
+
+                      f"openevse_members = 127.0.0.1:{8081 + o}\n"
                       "discovery_interfaces = 127.0.0.1\nbridge = jsonl\n"),
         wait_port=8023),
     DemoPart(
