@@ -25,6 +25,7 @@ import itertools
 import random
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 from simulators.ev_model import EvModel
 from transports.loadsharing import allocation as al
@@ -77,14 +78,15 @@ class Faults:
 
 
 class Network:
-    """Directed links between node ids; ``cut``/``heal`` by direction."""
+    """Directed links between node ids; ``cut``/``heal`` by direction. It carries reports, and
+    anything else a subclass of the group sends (``simled.py``: frames and member status)."""
 
     def __init__(self, sched: Scheduler, rng: random.Random) -> None:
         self.sched = sched
         self.rng = rng
         self.faults = Faults()
         self.down: set[tuple[str, str]] = set()
-        self.handlers: dict[str, Callable[[Report], None]] = {}
+        self.handlers: dict[str, Callable[[Any], None]] = {}
         self.delivered = 0
         self.dropped = 0
 
@@ -108,7 +110,7 @@ class Network:
                 for b in g2:
                     self.down.add((a, b))
 
-    def transmit(self, src: str, dst: str, message: Report) -> None:
+    def transmit(self, src: str, dst: str, message: Any) -> None:
         f = self.faults
         if (src, dst) in self.down or self.rng.random() < f.drop:
             self.dropped += 1
@@ -121,7 +123,7 @@ class Network:
                 delay = self.rng.uniform(f.delay_min, f.delay_max)
             self.sched.after(delay, lambda m=message: self._deliver(src, dst, m))
 
-    def _deliver(self, src: str, dst: str, message: Report) -> None:
+    def _deliver(self, src: str, dst: str, message: Any) -> None:
         handler = self.handlers.get(dst)
         if handler is None:  # the node is down
             self.dropped += 1
