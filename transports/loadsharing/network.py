@@ -29,7 +29,7 @@ from transports.loadsharing.discovery import Discovery
 from transports.loadsharing.http_api import HttpApi
 from transports.loadsharing.members import MemberStore
 from transports.loadsharing.messages import Report, encode
-from transports.loadsharing.mixed import LedGroup, configure_node
+from transports.loadsharing.mixed import LedGroup
 from transports.loadsharing.peer_client import PeerClient
 from transports.loadsharing.rest import RestService
 from transports.loadsharing.settings import parse_address
@@ -260,6 +260,7 @@ class NetworkNode(RestService):
             self.config.local_change({}, members=())
             self.group_changed(before, push=False)
         self.log.info("OpenEVSE controller %s made this node a member", controller)
+        self.role, self.controller_host = "member", controller  # until the member role runs
         self.t.join_openevse(push)
         self.general_version += 1
         return 200, {"msg": "done", "config_version": self.general_version}
@@ -326,116 +327,3 @@ class NetworkNode(RestService):
     async def wait_stopped(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
             await self.t.ctx.stopping.wait()
-
-
-def group_node_config(net: NetworkNode) -> Any:
-    """The Node's configuration from the synced group values and members.
-
-    If the failsafe of all members would exceed the breaker (members were added after the
-    values were set), the fallback is lowered to the whole amps that fit: the safe direction.
-    """
-    from dataclasses import replace
-
-    from transports.loadsharing import allocation as al
-    from transports.loadsharing.transport import node_config
-
-    s, v = net.t.settings, net.group.values
-    members = net.group.members
-    disable = v["loadsharing_failsafe_mode"] == "disable"
-    ceiling = v["loadsharing_group_max_current"] * v["loadsharing_safety_factor"]
-    fallback = 0.0 if disable else v["loadsharing_failsafe_safe_current"]
-    chargers = len(members) + len(s.openevse_members)  # OpenEVSE members fall back too
-    if chargers * fallback > ceiling:
-        fallback = float(int(ceiling // chargers))
-    cfg = replace(
-        node_config(s), node_id=net.node_id, members=members,
-        limits=al.Limits(v["loadsharing_group_max_current"], v["loadsharing_safety_factor"],
-                         v["loadsharing_failsafe_peer_assumed_current"]),
-        timeout=v["loadsharing_heartbeat_timeout"], fallback=fallback, disable_mode=disable,
-        priority=net.priority, group_id=v["loadsharing_group_id"],
-    )
-    return configure_node(net, cfg)
-
-
-async def run_networked(t: LoadSharing) -> None:
-    """``LoadSharing.run`` for a node with ``node_listen``: the same life, the HTTP peer link,
-    and a new Node (a new epoch) whenever the group configuration changes."""
-    from transports.loadsharing.node import Node
-    from transports.loadsharing.transport import FIRST_STATUS_WAIT, MonotonicClock
-
-    rebuild = asyncio.Event()
-    net = NetworkNode(t, rebuild.set)
-    t.net = net  # type: ignore[attr-defined]
-    leading = LedGroup(net.node_id, t.settings.openevse_members, t.log)
-    net.led_group = leading
-    await net.start()
-    try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(t._first_status.wait(), FIRST_STATUS_WAIT)
-        initial = 0
-        if t._charger_limit is not None and not t._charger_paused:
-            initial = t._charger_limit
-
-        def build() -> None:
-            cfg = group_node_config(net)
-            leading.configure(cfg, net.group.values["loadsharing_group_id"])
-            old = t.node
-            if old is not None and (old.config.members, old.config.timeout,
-                                    old.config.disable_mode) == (cfg.members, cfg.timeout,
-                                                                 cfg.disable_mode):
-                # same members and timing: new values apply in place, views kept; the new
-                # group hash stops agreement until every member has it (lower at once, raise
-                # only on agreement), without waiting a whole view hold again
-                old.config = cfg
-                old._group = cfg.group
-                old.evaluate()
-                t.log.info("node %s: group version %d applied", net.node_id, net.group.version)
-                return
-            limit = t.node.limit if t.node is not None else initial
-            t.node = None
-            t.node = Node(cfg, MonotonicClock(), net, t._on_limit, epoch=t._next_epoch(),
-                          initial_limit=limit,
-                          demanding=t._local is not None and t._local[0],
-                          on_led=leading.on_led)
-            if t._local is not None:
-                t.node.set_local(t._local[0], **t._local[1])
-            t.log.info("node %s: group of %d (version %d), fallback %g A, view hold %.1f s",
-                       net.node_id, len(cfg.members), net.group.version, cfg.fallback,
-                       cfg.view_hold)
-
-        build()
-        await t._start_supervision()
-        workers = [asyncio.create_task(t._command_loop())]
-        if t.settings.charger_heartbeat > 0:
-            workers.append(asyncio.create_task(t._pulse_loop()))
-        try:
-            while not t.ctx.stopping.is_set() and not t.switch_role.is_set():
-                if rebuild.is_set():
-                    rebuild.clear()
-                    build()
-                assert t.node is not None
-                t.node.tick()
-                if leading.hosts:
-                    leading.wake.clear()
-                    await leading.step(t.node)
-                net.publish()
-                await t._show()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.5):
-                        await _first(rebuild, leading.wake, t.switch_role)
-        finally:
-            for w in workers:
-                w.cancel()
-    finally:
-        await leading.stop()
-        await net.stop()
-
-
-async def _first(*events: asyncio.Event) -> None:
-    """Wait until any of ``events`` is set."""
-    waits = [asyncio.create_task(e.wait()) for e in events]
-    try:
-        await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
-    finally:
-        for w in waits:
-            w.cancel()

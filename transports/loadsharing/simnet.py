@@ -77,6 +77,13 @@ class Faults:
     slow_max: float = 20.0
 
 
+@dataclass
+class Stream:
+    """An ordered connection over the :class:`Network`: when its latest message arrives."""
+
+    last: float = 0.0
+
+
 class Network:
     """Directed links between node ids; ``cut``/``heal`` by direction. It carries reports, and
     anything else a subclass of the group sends (``simled.py``: frames and member status)."""
@@ -110,7 +117,9 @@ class Network:
                 for b in g2:
                     self.down.add((a, b))
 
-    def transmit(self, src: str, dst: str, message: Any) -> None:
+    def transmit(self, src: str, dst: str, message: Any, stream: Stream | None = None) -> None:
+        """``stream``: one connection (a WebSocket), delivered in order: a late message holds
+        up the ones behind it instead of being overtaken."""
         f = self.faults
         if (src, dst) in self.down or self.rng.random() < f.drop:
             self.dropped += 1
@@ -121,7 +130,10 @@ class Network:
                 delay = self.rng.uniform(f.delay_max, f.slow_max)
             else:
                 delay = self.rng.uniform(f.delay_min, f.delay_max)
-            self.sched.after(delay, lambda m=message: self._deliver(src, dst, m))
+            when = self.sched.time + delay
+            if stream is not None:
+                when = stream.last = max(when, stream.last)
+            self.sched.at(when, lambda m=message: self._deliver(src, dst, m))
 
     def _deliver(self, src: str, dst: str, message: Any) -> None:
         handler = self.handlers.get(dst)

@@ -31,7 +31,8 @@ from transports import register
 from transports.base import Transport, TransportContext
 from transports.loadsharing import allocation as al
 from transports.loadsharing.messages import MessageError, Report, decode, encode
-from transports.loadsharing.network import NetworkNode, run_networked
+from transports.loadsharing.network import NetworkNode
+from transports.loadsharing.networked import run_networked
 from transports.loadsharing.node import FAILSAFE, DemandTracker, Node, NodeConfig
 from transports.loadsharing.runtime_role import RoleStore
 from transports.loadsharing.settings import LoadSharingSettings, parse_address
