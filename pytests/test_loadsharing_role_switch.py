@@ -13,8 +13,8 @@ from typing import Any
 
 import aiohttp
 
-from gateway.message import Envelope
 from pytests.helpers import Harness, async_wait_for, free_port
+from pytests.test_loadsharing_openevse import _charging, _limits
 from simulators.openevse_node import OpenEvseNode
 from transports.loadsharing.runtime_role import FILE_NAME
 
@@ -29,17 +29,6 @@ def _settings(port: int, **extra: Any) -> Any:
         "loadsharing_group_max_current": 32, "loadsharing_heartbeat_timeout": T,
         "loadsharing_response_time": 1.0, "charger_heartbeat": 0, "discovery": False,
         "node_listen": f"127.0.0.1:{port}", **extra})
-
-
-def _charging(amps: float) -> Envelope:
-    return Envelope("rapi", "reading", {"state_code": 3, "vehicle_connected": 1,
-                                        "charging_current": amps, "pilot_current": amps,
-                                        "voltage": 240})
-
-
-def _limits(h: Harness) -> list[int]:
-    return [e.data["amps"] for e in h.of_kind("command")
-            if e.target_transport == "rapi" and e.data.get("command") == "set_current"]
 
 
 def _modes(h: Harness) -> list[str]:
