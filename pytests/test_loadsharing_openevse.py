@@ -419,3 +419,22 @@ async def _roles_scenario(tmp: Path) -> None:
 
 def test_loadsharing_transport_in_both_roles(tmp_path: Path) -> None:
     asyncio.run(_roles_scenario(tmp_path))
+
+
+def test_a_lying_member_is_taken_within_openevse_ranges() -> None:
+    """Infinite, negative, non-numeric or reversed values from a member's /ws: valid inputs,
+    never an exception in the allocator (which would stop the whole group)."""
+    s = GroupSettings(group_max=30, heartbeat_timeout=T)
+    for lie in ({"loadsharing_max_current": float("inf")}, {"loadsharing_min_current": -5},
+                {"loadsharing_max_current": -3, "max_current": "x"},
+                {"loadsharing_min_current": 50, "loadsharing_max_current": 10},
+                {"loadsharing_priority": float("nan")}, {"loadsharing_priority": 1e300}):
+        x = MemberLink("127.0.0.1:1", status={"state": 3, "vehicle": 1, **lie})
+        x.joined, x.last_text, x.last_frame = True, 0.0, 0.0
+
+        class Open:
+            closed = False
+        x.ws = Open()  # type: ignore[assignment]
+        m = x.member()
+        assert 0 <= m.min_current <= m.max_current <= 80, (lie, m)
+        assert plan([x], s, 0.0).targets[x.host][0] <= 30

@@ -106,19 +106,26 @@ class MemberLink:
         return True
 
     def min_current(self) -> int:
-        return int(_num(self.status.get("loadsharing_min_current"), 6))
+        return _amps(self.status.get("loadsharing_min_current"), 6)
 
     def member(self) -> al.Member:
-        hi = int(_num(self.status.get("loadsharing_max_current"),
-                      _num(self.status.get("max_current"), 32)))
+        """Its allocation inputs; what a member says is taken only within OpenEVSE's ranges
+        (amps 0..80, a whole priority), so a lying or broken member can't stop the group."""
+        hi = max(1, _amps(self.status.get("loadsharing_max_current"),
+                          _amps(self.status.get("max_current"), 32)))
         lo = min(self.min_current(), hi)
-        return al.Member(self.host, True, self.demanding(), lo, hi,
-                         int(_num(self.status.get("loadsharing_priority"), 0)))
+        priority = int(max(-1000.0, min(1000.0, _num(self.status.get("loadsharing_priority"),
+                                                     0))))
+        return al.Member(self.host, True, self.demanding(), lo, hi, priority)
 
 
 def _num(value: Any, default: float) -> float:
-    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) \
-        else default
+    ok = isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+    return float(value) if ok else default
+
+
+def _amps(value: Any, default: int) -> int:
+    return int(max(0.0, min(80.0, _num(value, default))))
 
 
 @dataclass
