@@ -100,7 +100,7 @@ def test_controller_plan_reserves() -> None:
     with pytest.raises(ValueError):
         GroupSettings(group_max=30, safe_current=8, peer_assumed_current=6)
     c.status["state"], c.last_text = 254, now  # asleep because we sent it 0: still demanding
-    c.sent = 0
+    c.record_frame(0, "min_subset", now)
     assert plan([a, b, c], s, now).targets["c"][0] == 10
 
 

@@ -13,7 +13,10 @@ groups"):
   leads it; a silent one is reserved at what it may still draw until its lease is over;
 - the acting controller moves each member's target by the rules its own charger follows: lower
   at once when ready, raise only after agreement and the raise wait, only lower in hold, and in
-  failsafe send the members' own failsafe current.
+  failsafe send the members' own failsafe current; and it says it is ready only once each
+  member's own status shows it at its lowered target (its frame may be lost while its status
+  still arrives); one that doesn't within ``heartbeat_timeout`` is published offline, reserved
+  at the most it may draw.
 """
 
 from __future__ import annotations
@@ -27,9 +30,11 @@ from transports.loadsharing import allocation as al
 from transports.loadsharing.messages import LedMember
 
 if TYPE_CHECKING:
-    from transports.loadsharing.node import NodeConfig
+    from transports.loadsharing.node import Node, NodeConfig
+    from transports.loadsharing.openevse_plan import GroupSettings, MemberLink
 
-__all__ = ["LedMember", "acting_controller", "as_members", "mixed_config", "step_targets"]
+__all__ = ["LedMember", "acting_controller", "as_members", "frame_reason", "lead_step",
+           "lowered", "mixed_config", "step_targets"]
 
 
 def acting_controller(view: Iterable[str]) -> str:
@@ -53,29 +58,73 @@ def as_members(hosts: Iterable[str], entries: Iterable[LedMember], floor: int) -
     return out
 
 
+def lowered(current: int, share: int, fallback: int) -> int:
+    """A target lowered toward a share, never below the floor every allocation counts anyway
+    (a member taken over in hold keeps its failsafe current instead of pausing)."""
+    return min(current, max(share, fallback))
+
+
 def step_targets(current: dict[str, int], shares: dict[str, int], *, ready: bool, mode: str,
                  raise_now: bool, fallback: int) -> dict[str, int]:
     """The targets after one evaluation, by the node's phase (``Node.evaluate``).
 
     ``mode`` is the node's (``agreed``, ``hold``, ``failsafe``); ``raise_now``: agreed for the
-    raise wait. In failsafe a member gets what it would fall back to by itself (``fallback``:
-    its safe current, 0 in disable mode), which every allocation counts already (its floor).
-    A member not yet led starts at ``fallback``.
+    raise wait; ``ready``: eligible to be ready (its lowering comes first). In failsafe a member
+    gets what it would fall back to by itself (``fallback``: its safe current, 0 in disable
+    mode), which every allocation counts already (its floor). A member not yet led starts at
+    ``fallback``.
     """
     out: dict[str, int] = {}
     for host, share in shares.items():
         cur = current.get(host, fallback)
         if ready:
-            cur = min(cur, share)
+            cur = lowered(cur, share, fallback)
         if mode == "agreed":
             if raise_now:
                 cur = share
         elif mode == "hold":
-            cur = min(cur, share)
+            cur = lowered(cur, share, fallback)
         else:
             cur = fallback
         out[host] = cur
     return out
+
+
+def frame_reason(node: Node, host: str) -> str:
+    """OpenEVSE's reason word for a member's frame."""
+    from transports.loadsharing.openevse_plan import REASON_WORDS
+
+    if node.mode == "failsafe" or node.result is None:
+        return "failsafe_disabled" if node.config.led_floor == 0 else "failsafe"
+    a = node.result.by_id().get(host)
+    return "offline" if a is None else REASON_WORDS.get(a.reason, a.reason)
+
+
+def lead_step(node: Node, links: dict[str, MemberLink], s: GroupSettings,
+              now: float) -> list[tuple[MemberLink, int, str]]:
+    """One step of the acting controller, without I/O (``mixed.LedGroup`` and the simulation
+    share it): which members show more than their target, the members as published to the
+    group, and the frames due (on a change, or ``frame_interval`` after the last)."""
+    from transports.loadsharing.openevse_plan import classify, led_entry
+
+    node.led_obeys = lambda host, target: host not in links or links[host].obeys(target)
+    for host, link in links.items():
+        target = node.led_targets.get(host)
+        if target is None or classify(link, s, now) != "online" or link.obeys(target):
+            link.unconfirmed_since = None
+        elif link.unconfirmed_since is None:
+            link.unconfirmed_since = now
+    node.set_led(tuple(led_entry(link, s, now) for link in links.values()))
+    frames: list[tuple[MemberLink, int, str]] = []
+    for host, amps in node.led_targets.items():
+        link = links.get(host)
+        if link is None or not (link.joined and link.connected(now, s.heartbeat_timeout)):
+            continue  # a member held for not showing its target still gets its frames
+        reason = frame_reason(node, host)
+        due = link.last_frame is None or now - link.last_frame >= s.frame_interval
+        if amps != link.sent or reason != link.reason or due:
+            frames.append((link, amps, reason))
+    return frames
 
 
 def mixed_config(base: NodeConfig, hosts: Iterable[str], safe_current: float,

@@ -10,7 +10,9 @@ module only does the I/O toward the members while :attr:`Node.controller` names 
   whole group allocates from them), and each joined member gets ``Node.led_targets[host]`` in a
   frame at once on a change and at least every ``min(5, timeout / 3)`` seconds;
 - every ``CHECK_EVERY`` seconds a member's ``GET /config`` must name this node as its controller,
-  else the keys are pushed again (another node led it while the views disagreed);
+  else the keys are pushed again (another node led it while the views disagreed); only with a
+  majority, so that a cut-off node that still believes it leads never fights the majority's
+  leader (it sends the failsafe current only, which every allocation counts anyway);
 - handing over (another node is the lowest of the view): the sockets close, nothing is reset;
   the members keep their last frame until the new controller's, or their own failsafe.
 
@@ -28,7 +30,7 @@ from typing import TYPE_CHECKING, Any
 from transports.loadsharing import led
 from transports.loadsharing.node import FAILSAFE, Node, NodeConfig
 from transports.loadsharing.openevse_controller import OpenEvseController
-from transports.loadsharing.openevse_plan import REASON_WORDS, GroupSettings, classify, led_entry
+from transports.loadsharing.openevse_plan import GroupSettings, classify
 
 if TYPE_CHECKING:
     from transports.loadsharing.network import NetworkNode
@@ -93,10 +95,10 @@ class LedGroup:
         if self.ctl is None or self.settings is None:
             return
         now = time.monotonic()
-        node.set_led(tuple(led_entry(link, self.settings, now)
-                           for link in self.ctl.links.values()))
-        await self._frames(node, now)
-        self._check_controllers(now)
+        for link, amps, reason in led.lead_step(node, self.ctl.links, self.settings, now):
+            await self.ctl.send_frame(link, amps, reason, now)
+        if node.mode != FAILSAFE:  # a leader without a majority takes over, but never fights
+            self._check_controllers(now)
 
     async def _take_over(self) -> None:
         assert self.settings is not None
@@ -122,27 +124,9 @@ class LedGroup:
         for task in self._checks:
             task.cancel()
         await ctl.stop()
+        node.led_obeys = None
         node.set_led(())
         self._checked.clear()
-
-    async def _frames(self, node: Node, now: float) -> None:
-        assert self.ctl is not None and self.settings is not None
-        s = self.settings
-        for host, amps in node.led_targets.items():
-            link = self.ctl.links.get(host)
-            if link is None or classify(link, s, now) != "online":
-                continue
-            reason = self._reason(node, host)
-            due = link.last_frame is None or now - link.last_frame >= s.frame_interval
-            if amps != link.sent or reason != link.reason or due:
-                await self.ctl.send_frame(link, amps, reason, now)
-
-    @staticmethod
-    def _reason(node: Node, host: str) -> str:
-        if node.mode == FAILSAFE or node.result is None:
-            return "failsafe_disabled" if node.config.led_floor == 0 else "failsafe"
-        a = node.result.by_id().get(host)
-        return "offline" if a is None else REASON_WORDS.get(a.reason, a.reason)
 
     def _check_controllers(self, now: float) -> None:
         assert self.ctl is not None

@@ -180,6 +180,8 @@ class Node:
         self.not_ready_since: float | None = now
         self.on_led = on_led
         self.led_targets: dict[str, int] = {}  # while this node leads the OpenEVSE members
+        #: (host, target) -> whether the member's latest status shows it at target or less
+        self.led_obeys: Callable[[str, int], bool] | None = None
         self._sent_at: dict[int, float] = {}
         self._last_sent = -math.inf
         self._last_key: tuple[Any, ...] = ()
@@ -252,15 +254,18 @@ class Node:
         quorum = cfg.quorum(view)
         self.result = al.allocate(self._members(view), cfg.limits) if quorum else None
         share = self.result.target(cfg.node_id) if self.result else 0
-        ready = quorum and now - self.view_since >= cfg.view_hold and all(
+        eligible = quorum and now - self.view_since >= cfg.view_hold and all(
             self._agrees(self.peers[p].report, view, inputs) for p in view if p != cfg.node_id
         )
+        # ready = at our share *and* every led member shown at its lowered target (led.py)
+        ready = eligible and self._led_confirmed()
         agreed = ready and all(
             self.peers[p].report.ready for p in view if p != cfg.node_id  # type: ignore[union-attr]
         )
         limit = self.limit
-        if ready:
+        if eligible:
             limit = min(limit, share)
+        if ready:
             self.not_ready_since = None
         elif self.not_ready_since is None:
             self.not_ready_since = now
@@ -284,7 +289,7 @@ class Node:
                 if not ready and now - since >= cfg.fallback_wait:
                     limit = self._clamp(cfg.fallback) if self.status.demanding else 0
         self.ready = ready
-        self._lead(share_of=self.result.by_id() if self.result else {}, ready=ready,
+        self._lead(share_of=self.result.by_id() if self.result else {}, ready=eligible,
                    raise_now=agreed and self.agreed_since is not None
                    and now - self.agreed_since >= cfg.raise_wait)
         limit = self._clamp(limit)
@@ -309,6 +314,23 @@ class Node:
             self.led_targets = targets
             if self.on_led is not None:
                 self.on_led(dict(targets))
+
+    def _led_confirmed(self) -> bool:
+        """Every led member online in the allocation shows itself at its lowered target
+        (F2 for members: their lowering is confirmed before this node says it is ready)."""
+        cfg = self.config
+        if not cfg.led or self.controller != cfg.node_id or self.led_obeys is None:
+            return True
+        share_of = self.result.by_id() if self.result else {}
+        for host in cfg.led:
+            a = share_of.get(host)
+            if a is None or a.reason == al.OFFLINE:
+                continue
+            target = led.lowered(self.led_targets.get(host, cfg.led_floor), a.target_current,
+                                 cfg.led_floor)
+            if not self.led_obeys(host, target):
+                return False
+        return True
 
     def _led_entries(self, view: tuple[str, ...]) -> tuple[LedMember, ...]:
         """The led members as their acting controller (in this view) reports them."""

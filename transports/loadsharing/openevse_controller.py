@@ -12,7 +12,10 @@ Where this controller is stricter than the firmware's (docs/loadsharing_openevse
 - the allocation is this project's (``allocation.py``): every member, state B included, shares
   one budget, so allocations plus reserves never exceed ``group_max * safety_factor``;
 - a decrease goes out at once, a raise only when no decrease was sent for ``response_time``
-  (the chargers' time to obey), so old and new allocations never add up on the breaker;
+  (the chargers' time to obey) and every member shows its lowered target in its own status
+  (a frame can be lost while the member's status still arrives), so old and new allocations
+  never add up on the breaker; a member that doesn't show it within ``heartbeat_timeout`` is
+  held (reserved at the most it may draw) instead;
 - a member that falls silent keeps what it may still draw (the highest target it was sent
   recently, at least the safe current) reserved until ``heartbeat_timeout + offline_margin +
   response_time`` after the last frame sent to it; only then, when by its own rule it is at its
@@ -27,6 +30,8 @@ import asyncio
 import contextlib
 import json
 import logging
+import socket
+import struct
 import time
 from collections.abc import Callable
 from typing import Any
@@ -37,6 +42,16 @@ from transports.loadsharing import allocation as al
 from transports.loadsharing.openevse_plan import GroupSettings, MemberLink, Plan, plan
 
 __all__ = ["GroupSettings", "MemberLink", "OpenEvseController", "Plan", "plan"]
+
+
+def abort_on_close(ws: aiohttp.ClientWebSocketResponse) -> None:
+    """Close this socket with a reset (``SO_LINGER`` 0): frames still queued in it are
+    discarded, never delivered late to a member that may have been given a lower target since
+    (a stalled connection would otherwise deliver them when it recovers)."""
+    sock = ws.get_extra_info("socket")
+    if sock is not None:
+        with contextlib.suppress(OSError):
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class OpenEvseController:
@@ -72,6 +87,8 @@ class OpenEvseController:
         for t in self._tasks:
             t.cancel()
         for link in self.links.values():
+            if link.ws is not None:
+                abort_on_close(link.ws)
             if link.task is not None:
                 link.task.cancel()
         for t in self._background:
@@ -196,7 +213,7 @@ class OpenEvseController:
                 link.identity = {k: v for k, v in (await r.json()).items()
                                  if k in ("wifi_serial", "hostname")}
         async with self.session.get(f"http://{link.host}/status", timeout=timeout) as r:
-            link.status.update(await r.json())
+            link.update(await r.json())
         async with self.session.ws_connect(f"http://{link.host}/ws", heartbeat=15.0,
                                            timeout=aiohttp.ClientWSTimeout(ws_close=2.0),
                                            ) as ws:
@@ -213,6 +230,7 @@ class OpenEvseController:
                 except TimeoutError:
                     self.log.warning("member %s silent for %.0f s: reconnecting", link.host,
                                      s.heartbeat_timeout)
+                    abort_on_close(ws)
                     return
                 if msg.type in (aiohttp.WSMsgType.CLOSED, aiohttp.WSMsgType.CLOSING,
                                 aiohttp.WSMsgType.ERROR, aiohttp.WSMsgType.CLOSE):
@@ -227,7 +245,7 @@ class OpenEvseController:
                 if isinstance(data, dict):
                     link.last_text = time.monotonic()
                     before = link.member()
-                    link.status.update(data)
+                    link.update(data)
                     if link.member() != before:
                         self._wake.set()
 
@@ -266,6 +284,17 @@ class OpenEvseController:
 
     async def step(self, now: float) -> None:
         s = self.settings
+        pending = False  # a member online still shows more than we last sent it
+        for link in self.links.values():
+            if link.sent is None or link.obeys(link.sent) or \
+                    not link.connected(now, s.heartbeat_timeout):
+                link.unconfirmed_since = None
+            else:
+                pending = True
+                if link.unconfirmed_since is None:
+                    link.unconfirmed_since = now
+        if pending:  # no raise until every lowering shows (or the member is held instead)
+            self.last_decrease = max(self.last_decrease, now - s.response_time + 0.25)
         p = plan(list(self.links.values()), s, now, self.local)
         self.last_plan = p
         if s.group_max <= 0:
@@ -282,8 +311,8 @@ class OpenEvseController:
                 # lease over: by its own rule it is at its failsafe current now, whatever we
                 # sent before; a later frame above that is a raise
                 link.sent, link.reason = None, ""
-            if link is None or p.states.get(host) != "online":
-                continue
+            if link is None or not (link.joined and link.connected(now, s.heartbeat_timeout)):
+                continue  # (a member held for not showing its target still gets frames)
             out = self._bounded(amps, link.sent, s.safe_current, now)
             changed = out != link.sent or reason != link.reason
             due = link.last_frame is None or now - link.last_frame >= s.frame_interval
@@ -317,9 +346,7 @@ class OpenEvseController:
         except (aiohttp.ClientError, ConnectionError, RuntimeError) as exc:
             self.log.debug("frame to %s not sent: %s", link.host, exc)
             return
-        # recorded once handed to the socket: it may arrive, so it counts for the lease
-        link.sent, link.reason, link.last_frame = amps, reason, now
-        link.recent.append((now, amps))
+        link.record_frame(amps, reason, now)
         self.frames_sent += 1
 
     def ls_status(self) -> dict[str, Any]:

@@ -82,6 +82,30 @@ class MemberLink:
     last_frame: float | None = None
     recent: deque[tuple[float, int]] = field(default_factory=deque)
     task: asyncio.Task[Any] | None = None
+    paused_by_us: bool = False  # we sent it less than its minimum: asleep, still demanding
+    unconfirmed_since: float | None = None  # its status shows more than its target since
+
+    def update(self, data: dict[str, Any]) -> None:
+        """A status text (full or a delta) from the member."""
+        self.status.update(data)
+        if self.status.get("state") not in (0, 254) and (self.sent or 0) >= self.min_current():
+            self.paused_by_us = False  # awake again after we raised it
+
+    def record_frame(self, amps: int, reason: str, now: float) -> None:
+        """A frame handed to its socket: it may arrive, so it counts for the lease."""
+        self.sent, self.reason, self.last_frame = amps, reason, now
+        self.recent.append((now, amps))
+        if amps < self.min_current():
+            self.paused_by_us = True
+
+    def obeys(self, target: int) -> bool:
+        """Its latest status shows its charger at ``target`` or less: asleep or disabled, or a
+        ``pilot`` of at most ``target``. A lower target is
+        taken as obeyed only once the member says so (a frame can be lost with its socket
+        while the member's status still arrives)."""
+        if self.status.get("state") in (254, 255):
+            return True
+        return _num(self.status.get("pilot"), math.inf) <= target
 
     def connected(self, now: float, timeout: float) -> bool:
         return (self.ws is not None and not self.ws.closed and self.last_text is not None
@@ -99,10 +123,10 @@ class MemberLink:
 
     def demanding(self) -> bool:
         st, vehicle = self.status.get("state", 0), self.status.get("vehicle", 0)
-        if vehicle != 1 or st == 0:
+        if vehicle != 1:
             return False
-        if st == 254:  # asleep: demanding only if we put it to sleep
-            return self.sent is not None and self.sent < self.min_current()
+        if st in (0, 254):  # asleep, or starting up after we woke it: demanding only if we
+            return self.paused_by_us  # put it to sleep (until it is seen awake again)
         return True
 
     def min_current(self) -> int:
@@ -136,10 +160,13 @@ class Plan:
 
 
 def classify(link: MemberLink, s: GroupSettings, now: float) -> str:
-    """online (obeying us, heard within the timeout), held (silent, its lease running),
-    outside (reachable, not joined: it runs on its own limit) or offline."""
+    """online (obeying us, heard within the timeout), held (silent with its lease running, or
+    showing more than its target for the timeout), outside (reachable, not joined: it runs on
+    its own limit) or offline."""
     if link.connected(now, s.heartbeat_timeout) and link.joined:
-        return "online"
+        stuck = link.unconfirmed_since is not None and \
+            now - link.unconfirmed_since > s.heartbeat_timeout
+        return HELD if stuck else "online"
     if link.last_frame is not None and now <= link.held_until(s):
         return HELD
     if link.connected(now, s.heartbeat_timeout):
@@ -150,14 +177,18 @@ def classify(link: MemberLink, s: GroupSettings, now: float) -> str:
 def reserve_of(link: MemberLink, state: str, s: GroupSettings, now: float) -> float:
     """What a member not online may draw: held at its recent targets, outside at its pilot."""
     if state == HELD:
-        return link.may_draw(now, s)
+        return max(link.may_draw(now, s), _num(link.status.get("pilot"), 0))
     if state == "outside":
         return max(_num(link.status.get("pilot"), 0), s.peer_assumed_current)
     return 0.0
 
 
 def led_entry(link: MemberLink, s: GroupSettings, now: float) -> LedMember:
-    """The member as a mixed group's acting controller publishes it (``led.py``)."""
+    """The member as a mixed group's acting controller publishes it (``led.py``).
+
+    One that has shown more than its target for ``heartbeat_timeout`` (its lowering frame was
+    lost, though its status still arrives) is published offline, reserved at the most it may
+    draw, so that the others can agree without it."""
     state = classify(link, s, now)
     if state == "online":
         m = link.member()

@@ -12,32 +12,35 @@ search check the whole group's draw against the breaker:
   ``heartbeat_timeout`` of its own clock: its failsafe current, a *raise* if it was asleep; a
   controller's config push makes it a member again (restarting "no frame yet"); frames taken
   from any client, as the firmware does; its status sent to every connected controller;
-- each gateway node's controller side, as ``mixed.LedGroup`` does it: while ``node.controller``
-  names the node, a ``MemberLink`` per member (joined, i.e. pushed, when its first status
-  arrives), ``node.led_targets`` sent on change and every ``frame_interval``, the members
-  published with ``node.set_led(led_entry(...))`` every step, a member naming another controller
-  pushed again every ``CHECK_EVERY``; handing over drops the links and publishes ``()``.
+- each gateway node's controller side, as ``mixed.LedGroup`` does it and with the same code
+  (``led.lead_step``): while ``node.controller`` names the node, a ``MemberLink`` per member
+  (joined, i.e. pushed, when its first status arrives), the members' confirmations and their
+  publication to the group, ``node.led_targets`` sent on change and every ``frame_interval``;
+  a member naming another controller pushed again every ``CHECK_EVERY``; handing over drops
+  the links and publishes ``()``.
 
 Frames (controller -> ``e1``) and member status (``e1`` -> controller) travel on the simulated
-``Network`` with its fault model (cut by direction, loss, duplication, delay, reordering). The
-config push and the ``GET /config`` check are instantaneous, when both directions are up.
+``Network`` with its fault model (cut by direction, loss, duplication, delay), in order on each
+``/ws`` (a TCP stream: a late frame holds up the ones behind it, it is never overtaken; frames
+of different controllers may interleave). The config push and the ``GET /config`` check are
+instantaneous, when both directions are up.
 
-The search: ``python -m transports.loadsharing.simled --runs N --seed S``.
+The randomized search over fault schedules is ``simledsearch.py``:
+``python -m transports.loadsharing.simled --runs N --seed S``.
 """
 
 from __future__ import annotations
 
-import random
-from dataclasses import dataclass, replace
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from simulators.ev_model import EvModel
 from simulators.openevse_loadsharing import charger_limit, member_failsafe
 from transports.loadsharing import led
-from transports.loadsharing.mixed import CHECK_EVERY, LedGroup, led_settings
+from transports.loadsharing.mixed import CHECK_EVERY, led_settings
 from transports.loadsharing.mixed import margin as led_margin
 from transports.loadsharing.node import Node, NodeConfig
-from transports.loadsharing.openevse_plan import GroupSettings, MemberLink, classify, led_entry
+from transports.loadsharing.openevse_plan import GroupSettings, MemberLink
 from transports.loadsharing.simnet import (
     Faults,
     GroupSpec,
@@ -45,10 +48,10 @@ from transports.loadsharing.simnet import (
     Scheduler,
     SimCharger,
     SimGroup,
+    Stream,
     calm,
     converged,
 )
-from transports.loadsharing.simsearch import switch_sides
 
 KEEPALIVE = 2.0  # a member's idle /ws text, seconds of its clock (simulators.openevse_node)
 
@@ -72,20 +75,30 @@ class Text:
 
 @dataclass
 class SimSocket:
-    """The controller's end of a member's ``/ws``: only ``closed`` matters to ``classify``."""
+    """A member's ``/ws`` held by one controller: ``closed`` (all ``classify`` asks) and its
+    two directions, each in order (TCP): a late frame holds up the frames behind it."""
 
     closed: bool = False
+    down: Stream = field(default_factory=Stream)  # frames, controller -> member
+    up: Stream = field(default_factory=Stream)  # status, member -> controller
 
 
 @dataclass
 class MixedSpec(GroupSpec):
+    """The masterless group's spec plus the members (same safe current, timeout, response
+    time and ``rho``: the controller pushes the group keys, so they share them)."""
+
     k: int = 2  # OpenEVSE members e1..ek
     member_min: int = 6
     member_max: int = 32
 
 
 class Firmware:
-    """One OpenEVSE firmware member: the member rules on its own clock, driving its charger."""
+    """One OpenEVSE firmware member: the member rules on its own clock, driving its charger.
+
+    It trusts no gateway to be alive: its own timeout is what makes a lost leader safe, which
+    is why every allocation counts it at its failsafe current at least (``led_floor``).
+    """
 
     def __init__(self, host: str, clock: NodeClock, charger: SimCharger, group: MixedGroup) -> None:
         self.host, self.clock, self.charger, self.group = host, clock, charger, group
@@ -94,7 +107,7 @@ class Firmware:
         self.became_member: float | None = None
         self.last_frame: float | None = None
         self.failsafe_applied = False
-        self.connected: set[str] = set()  # gateway nodes with a /ws open to it
+        self.connected: dict[str, SimSocket] = {}  # gateway nodes with a /ws open to it
         self.frames: list[tuple[float, str, int]] = []  # (sim time, sender, target)
         self._shown: dict[str, Any] = {}
 
@@ -108,10 +121,12 @@ class Firmware:
                 "loadsharing_min_current": self.min_current,
                 "loadsharing_max_current": self.max_current, "loadsharing_priority": 0}
 
-    def send_status(self, to: set[str] | None = None) -> None:
+    def send_status(self, only: str | None = None) -> None:
         self._shown = self.status()
-        for nid in sorted(self.connected if to is None else to):
-            self.group.net.transmit(self.host, nid, Text(self.host, dict(self._shown)))
+        for nid, sock in sorted(self.connected.items()):
+            if only in (None, nid):
+                self.group.net.transmit(self.host, nid, Text(self.host, dict(self._shown)),
+                                        stream=sock.up)
 
     def keepalive(self) -> None:
         self.send_status()
@@ -181,7 +196,7 @@ class MixedGroup(SimGroup):
         self.hosts = tuple(f"e{i}" for i in range(1, spec.k + 1))
         self.fw: dict[str, Firmware] = {}
         self.leading: dict[str, dict[str, MemberLink]] = {}
-        self._checked: dict[tuple[str, str], float] = {}
+        self._checked: dict[tuple[str, str], float] = {}  # (node, member): last GET /config
         self._weaken = {"led_floor": led_floor, "extra_hold": extra_hold}  # checks of the test
         super().__init__(spec, seed=seed, rates=rates)
         for i, host in enumerate(self.hosts):
@@ -230,7 +245,8 @@ class MixedGroup(SimGroup):
 
     def _drop_lead(self, nid: str) -> None:
         for host, link in self.leading.pop(nid, {}).items():
-            self.fw[host].connected.discard(nid)
+            self.fw[host].connected.pop(nid, None)
+            self._checked.pop((nid, host), None)
             link.ws.closed = True  # type: ignore[union-attr]
 
     def _now(self, nid: str) -> float:
@@ -243,7 +259,7 @@ class MixedGroup(SimGroup):
         link = self.leading.get(nid, {}).get(text.host)
         if link is None:  # our socket is closed: a late text from before
             return
-        link.status = dict(text.status)
+        link.update(dict(text.status))
         link.last_text = self._now(nid)
         if not link.joined and self._up(nid, text.host):
             self.fw[text.host].push(nid)  # first contact: the config push (instantaneous)
@@ -258,20 +274,26 @@ class MixedGroup(SimGroup):
         leads = node.controller == nid
         if leads and nid not in self.leading:
             self.leading[nid] = {h: MemberLink(h, ws=SimSocket()) for h in self.hosts}  # type: ignore[arg-type]
-            for host in self.hosts:
-                self.fw[host].connected.add(nid)
-                self.fw[host].send_status({nid})  # the full status on connect
+            for host, link in self.leading[nid].items():
+                self.fw[host].connected[nid] = link.ws  # type: ignore[assignment]
+                self.fw[host].send_status(nid)  # the full status on connect
         elif not leads and nid in self.leading:
             self._drop_lead(nid)
+            node.led_obeys = None
             node.set_led(())
         links = self.leading.get(nid)
         if links is None:
             return
         now = self._now(nid)
-        node.set_led(tuple(led_entry(link, self.settings, now) for link in links.values()))
+        frames = led.lead_step(node, links, self.settings, now)
         if self.members[nid].node is not node or self.leading.get(nid) is not links:
             return  # set_led re-evaluated the node: it may have handed over meanwhile
-        self._frames(nid, node, links, now)
+        for link, amps, reason in frames:
+            link.record_frame(amps, reason, now)
+            # a frame arrives within the margin or never: the controller aborts a stalled
+            # socket (its buffered frames are discarded), the margin's stated assumption
+            self.net.transmit(nid, link.host, Frame(nid, amps, reason),
+                              stream=link.ws.down, max_delay=self.margin)  # type: ignore[union-attr]
         for host, link in links.items():
             key = (nid, host)
             if link.joined and now - self._checked.get(key, -CHECK_EVERY) >= CHECK_EVERY:
@@ -279,19 +301,6 @@ class MixedGroup(SimGroup):
                 fw = self.fw[host]
                 if fw.controller_host != nid and self._up(nid, host):
                     fw.push(nid)  # it names another controller: push again
-
-    def _frames(self, nid: str, node: Node, links: dict[str, MemberLink], now: float) -> None:
-        s = self.settings
-        for host, amps in node.led_targets.items():
-            link = links[host]
-            if classify(link, s, now) != "online":
-                continue
-            reason = LedGroup._reason(node, host)
-            due = link.last_frame is None or now - link.last_frame >= s.frame_interval
-            if amps != link.sent or reason != link.reason or due:
-                link.sent, link.reason, link.last_frame = amps, reason, now
-                link.recent.append((now, amps))
-                self.net.transmit(nid, host, Frame(nid, amps, reason))
 
     # -- the world ------------------------------------------------------------------------------
     def _tick(self) -> None:
@@ -332,109 +341,18 @@ class MixedGroup(SimGroup):
         if total > self.ceiling + 1e-9 and len(self.violations) < 20:
             self.violations.append((self.sched.time, total, draws))
 
+    def charger(self, cid: str) -> SimCharger:
+        """A gateway node's or a member's charger."""
+        return self.fw[cid].charger if cid in self.fw else self.members[cid].charger
+
     def limits(self) -> dict[str, int]:
         return {**super().limits(), **{h: fw.charger.offered for h, fw in self.fw.items()}}
 
 
-# -- the randomized search ----------------------------------------------------------------------
-WANTS = (10.0, 16.0, 32.0)
-
-
-def random_walk(seed: int, *, rho: float = 0.01, **weaken: int | float) -> MixedGroup:
-    """One random mixed group under a random fault schedule, healed at the end, then calm.
-
-    Budgets are scarce (a few amps above everyone's failsafe current), so a flaw shows as an
-    overload. The caller checks ``violations`` and, after the calm, :func:`converged`.
-    """
-    rng = random.Random(seed)
-    n, k = rng.randint(2, 4), rng.randint(1, 3)
-    timeout = rng.choice((5.0, 12.0))
-    spec = MixedSpec(
-        n=n, k=k, timeout=timeout, disable_mode=rng.random() < 0.25, rho=rho,
-        max_current=rng.choice((16, 32)), supervision=timeout,
-        response_time=rng.choice((1.0, 5.0)), member_max=rng.choice((16, 32)),
-    )
-    spec.group_max = float((n + k) * rng.choice((6, 8, 10, 15)) + rng.choice((0, 3, 20)))
-    g = MixedGroup(spec, seed=seed, rates=[rng.uniform(1 - rho, 1 + rho) for _ in range(n)],
-                   member_rates=[rng.uniform(1 - rho, 1 + rho) for _ in range(k)],
-                   **weaken)  # type: ignore[arg-type]
-    for nid in (*g.ids, *g.hosts):
-        if rng.random() < 0.8:
-            g.plug(nid, want=rng.choice(WANTS))
-    for _ in range(rng.randint(5, 20)):
-        random_fault(g, rng)
-        # often a short while: a demand change right after a fault is where the old and the new
-        # allocation meet (a member cut off just before it is told to lower)
-        g.run(rng.uniform(0.05, 1.5) * timeout if rng.random() < 0.5 else
-              rng.uniform(0.2, 12) * timeout)
-    calm(g, 40 * timeout)
-    return g
-
-
-def random_fault(g: MixedGroup, rng: random.Random) -> None:
-    """One change of the world: links (gateways and members alike), loss, crashes, plugs."""
-    every = [*g.ids, *g.hosts]
-    r = rng.random()
-    f = g.net.faults
-    if r < 0.08:
-        g.net.heal()
-    elif r < 0.20:
-        rng.shuffle(every)
-        cut = rng.randint(1, len(every) - 1)
-        g.net.partition(every[:cut], every[cut:])
-    elif r < 0.32:
-        a, b = rng.choice(g.ids), rng.choice([*g.ids, *g.hosts])
-        if a != b:
-            g.net.cut(a, b, both=rng.random() < 0.5) if rng.random() < 0.5 else g.net.cut(b, a)
-    elif r < 0.40 and len(g.ids) >= 3:
-        switch_sides(g, rng, list(g.ids))
-    elif r < 0.48:
-        f.drop = rng.choice((0.0, 0.1, 0.3, 0.6))
-        f.duplicate = rng.choice((0.0, 0.1))
-        f.slow = rng.choice((0.0, 0.05, 0.2))
-        f.delay_max = rng.choice((0.05, 0.5, 3.0))
-    elif r < 0.56:
-        nid = rng.choice(g.ids)
-        g.kill(nid) if g.alive(nid) else g.start(nid)
-    elif r < 0.60:
-        g.fw[rng.choice(g.hosts)].reboot()
-    elif r < 0.66:  # a member's WiFi drops out: nobody hears it, it hears nobody
-        g.net.partition([rng.choice(g.hosts)], list(g.ids))
-    else:
-        g.plug(rng.choice(every), plugged=rng.random() < 0.6, want=rng.choice(WANTS))
-
-
-def failures(runs: int, seed: int, **weaken: int | float) -> list[tuple[int, Any, str]]:
-    """Seeds whose group overloaded the breaker or did not converge after the calm."""
-    out = []
-    for s in range(seed, seed + runs):
-        g = random_walk(s, **weaken)
-        problem = converged(g)
-        if g.violations or problem:
-            out.append((s, g.violations[:2], problem))
-    return out
-
-
-def main(argv: list[str] | None = None) -> int:
-    """``python -m transports.loadsharing.simled --runs N --seed S``: the mixed search."""
-    import argparse
-    import time
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    bad = failures(args.runs, args.seed)
-    for s, violations, problem in bad:
-        print(f"seed {s}: violations {violations} {problem}")
-    took = time.monotonic() - started
-    print(f"{args.runs} runs from seed {args.seed}: {len(bad)} failed, {took:.1f} s")
-    return 1 if bad else 0
-
-
-__all__ = ["Faults", "Firmware", "Frame", "MixedGroup", "MixedSpec", "Text", "calm", "converged",
-           "failures", "random_walk"]
+__all__ = ["Faults", "Firmware", "Frame", "MixedGroup", "MixedSpec", "Text", "calm", "converged"]
 
 if __name__ == "__main__":
+    # the documented entry point; the search itself lives in simledsearch.py
+    from transports.loadsharing.simledsearch import main
+
     raise SystemExit(main())

@@ -117,9 +117,11 @@ class Network:
                 for b in g2:
                     self.down.add((a, b))
 
-    def transmit(self, src: str, dst: str, message: Any, stream: Stream | None = None) -> None:
+    def transmit(self, src: str, dst: str, message: Any, stream: Stream | None = None,
+                 max_delay: float | None = None) -> None:
         """``stream``: one connection (a WebSocket), delivered in order: a late message holds
-        up the ones behind it instead of being overtaken."""
+        up the ones behind it instead of being overtaken. ``max_delay``: a message that would
+        arrive later is lost instead (a sender that aborts a stalled connection)."""
         f = self.faults
         if (src, dst) in self.down or self.rng.random() < f.drop:
             self.dropped += 1
@@ -132,7 +134,12 @@ class Network:
                 delay = self.rng.uniform(f.delay_min, f.delay_max)
             when = self.sched.time + delay
             if stream is not None:
-                when = stream.last = max(when, stream.last)
+                when = max(when, stream.last)
+            if max_delay is not None and when - self.sched.time > max_delay:
+                self.dropped += 1
+                continue
+            if stream is not None:
+                stream.last = when
             self.sched.at(when, lambda m=message: self._deliver(src, dst, m))
 
     def _deliver(self, src: str, dst: str, message: Any) -> None:
