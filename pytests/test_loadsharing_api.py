@@ -376,7 +376,7 @@ def test_hash_is_deterministic() -> None:
 # -- the published API -------------------------------------------------------------------
 def test_server_matches_openapi(node: NodeThread) -> None:
     schemathesis = pytest.importorskip("schemathesis")
-    from hypothesis import HealthCheck, given, settings
+    from hypothesis import HealthCheck, assume, given, settings
 
     schema = schemathesis.openapi.from_path(ROOT / "docs/openapi/loadsharing.yaml")
     schema.config.update(base_url=node.url)
@@ -392,6 +392,11 @@ def test_server_matches_openapi(node: NodeThread) -> None:
                   suppress_health_check=list(HealthCheck))
         @given(case=operation.as_strategy())
         def check(case: Any) -> None:
+            # an OpenEVSE controller's push (role member with its host) turns the node into
+            # that controller's member: test_loadsharing_role_switch.py, not fuzzed here
+            body = case.body if isinstance(case.body, dict) else {}
+            assume(not (body.get("loadsharing_role") == "member"
+                        and body.get("loadsharing_controller_host")))
             # cross-key rules (safe <= max, ...) can't be said in OpenAPI: a schema-valid body
             # may be refused with 400, so that one check is left out
             case.call_and_validate(excluded_checks=[positive_data_acceptance])

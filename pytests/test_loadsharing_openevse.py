@@ -366,7 +366,7 @@ async def _roles_scenario(tmp: Path) -> None:
     port = free_port()
     member = Harness(LoadSharing, _role_settings(  # no group max: the controller owns it
         loadsharing_role="member", node_listen=f"127.0.0.1:{port}"), "ls-member", tmp / "m")
-    (tmp / "m").mkdir()
+    (tmp / "m").mkdir(exist_ok=True)
     await member.send(_charging(6.0))
     await member.start()  # LoadSharing.run -> openevse_roles.run_openevse_role
     ctl_sim = OpenEvseNode(http_port=0, role="controller", group_max=20, plugged=True,
@@ -376,7 +376,7 @@ async def _roles_scenario(tmp: Path) -> None:
     ctl = Harness(LoadSharing, _role_settings(
         loadsharing_role="controller", node_listen=f"127.0.0.1:{cport}",
         loadsharing_group_max_current=30), "ls-ctl", tmp / "c")
-    (tmp / "c").mkdir()
+    (tmp / "c").mkdir(exist_ok=True)
     sims = [OpenEvseNode(http_port=0, plugged=True, heartbeat_timeout=T, idle_push=1.0)
             for _ in range(2)]
     try:

@@ -27,7 +27,7 @@ from transports.loadsharing import config_sync as cs
 from transports.loadsharing.auth import GroupAuth
 from transports.loadsharing.discovery import Discovery
 from transports.loadsharing.http_api import HttpApi
-from transports.loadsharing.members import MemberStore
+from transports.loadsharing.members import MemberStore, valid_host
 from transports.loadsharing.messages import Report, encode
 from transports.loadsharing.mixed import LedGroup
 from transports.loadsharing.peer_client import PeerClient
@@ -244,6 +244,9 @@ class NetworkNode(RestService):
         from transports.loadsharing.openevse_member import MemberState, validate
         from transports.loadsharing.runtime_role import refusal
 
+        bad_host = valid_host(controller)
+        if bad_host is not None:
+            return 400, {"msg": bad_host}
         why = refusal(self.members.peers, controller)
         if why is not None:
             if self.counters.get("refused_pushes", 0) == 0:

@@ -32,7 +32,8 @@ from typing import Any, Protocol
 from transports.loadsharing import allocation as al
 from transports.loadsharing import led
 from transports.loadsharing.demand import DemandTracker
-from transports.loadsharing.messages import LedMember, Report, Status, group_hash
+from transports.loadsharing.messages import LedMember, Report, Status
+from transports.loadsharing.node_config import NodeConfig
 
 __all__ = ["AGREED", "FAILSAFE", "HOLD", "DemandTracker", "Node", "NodeConfig"]
 
@@ -53,77 +54,6 @@ class PeerLink(Protocol):
     def send(self, peer_id: str, message: Report) -> None: ...
 
     def broadcast(self, message: Report) -> None: ...
-
-
-@dataclass(frozen=True)
-class NodeConfig:
-    node_id: str
-    members: tuple[str, ...]  # every member, this node included
-    limits: al.Limits
-    timeout: float = 30.0
-    fallback: float = 6.0  # safe current, or 0 in disable mode
-    disable_mode: bool = False
-    min_current: int = 6
-    max_current: int = 32
-    priority: int = 0
-    response_time: float = 5.0
-    rho: float = 0.01
-    heartbeat_interval: float = 0.0  # 0: timeout / 6
-    group_id: str = ""
-    led: tuple[str, ...] = ()  # OpenEVSE members, led by the view's lowest id (led.py)
-    led_floor: int = 0  # what each counts at least: its own failsafe current
-    extra_hold: float = 0.0  # added to the view hold: how late a led member may fall back
-
-    def __post_init__(self) -> None:
-        if self.node_id not in self.members:
-            raise ValueError(f"node {self.node_id!r} is not among the members {self.members}")
-
-    # -- timings derived from the bounds (docs/loadsharing.md, "Timing") --------------------
-    @property
-    def kappa(self) -> float:
-        """Worst ratio between two clocks' measures of one interval."""
-        return (1 + self.rho) / (1 - self.rho)
-
-    @property
-    def interval(self) -> float:
-        return self.heartbeat_interval or self.timeout / 6
-
-    @property
-    def view_hold(self) -> float:
-        """A view must be this old everywhere before anyone raises on it (alone: no wait)."""
-        if len(self.members) == 1:
-            return 0.0
-        k = self.kappa
-        return k * (2 * k * self.timeout + self.response_time + self.extra_hold) + self.interval
-
-    @property
-    def hold_time(self) -> float:
-        """How long an old share may be kept without agreement (a new view can mature)."""
-        return self.view_hold + 3 * self.kappa * self.interval + self.raise_wait
-
-    @property
-    def fallback_wait(self) -> float:
-        """Not ready this long: nobody counts us below the fallback current any more."""
-        k = self.kappa
-        return k * (k * self.timeout + k * self.hold_time + self.response_time) + self.interval
-
-    @property
-    def raise_wait(self) -> float:
-        return self.kappa * self.response_time
-
-    @property
-    def group(self) -> str:
-        return group_hash(
-            group_id=self.group_id, group_max=self.limits.group_max,
-            safety_factor=self.limits.safety_factor, assumed=self.limits.peer_assumed_current,
-            failsafe_mode="disable" if self.disable_mode else "safe_current",
-            timeout=self.timeout, members=self.members + tuple(f"led:{h}" for h in self.led),
-        )
-
-    def quorum(self, view: tuple[str, ...]) -> bool:
-        if self.disable_mode:
-            return len(view) == len(self.members)
-        return 2 * len(view) > len(self.members)
 
 
 @dataclass

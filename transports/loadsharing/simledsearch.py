@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from transports.loadsharing.simled import MixedGroup, MixedSpec, calm, converged
-from transports.loadsharing.simsearch import switch_sides
+from transports.loadsharing.simled import MixedGroup, MixedSpec, calm
+from transports.loadsharing.simsearch import failing_seeds, search_main, switch_sides
 
 WANTS = (10.0, 16.0, 32.0)
 
@@ -105,31 +105,12 @@ def member_dropout(g: MixedGroup, rng: random.Random) -> None:
 
 def failures(runs: int, seed: int, **weaken: int | float) -> list[tuple[int, Any, str]]:
     """Seeds whose group overloaded the breaker or did not converge after the calm."""
-    out = []
-    for s in range(seed, seed + runs):
-        g = random_walk(s, **weaken)
-        problem = converged(g)
-        if g.violations or problem:
-            out.append((s, g.violations[:2], problem))
-    return out
+    return failing_seeds(lambda s: random_walk(s, **weaken), runs, seed)
 
 
 def main(argv: list[str] | None = None) -> int:
     """``python -m transports.loadsharing.simled --runs N --seed S``: the search, by hand."""
-    import argparse
-    import time
-
-    parser = argparse.ArgumentParser(description=main.__doc__)
-    parser.add_argument("--runs", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args(argv)
-    started = time.monotonic()
-    bad = failures(args.runs, args.seed)
-    for s, violations, problem in bad:
-        print(f"seed {s}: violations {violations} {problem}")
-    took = time.monotonic() - started
-    print(f"{args.runs} runs from seed {args.seed}: {len(bad)} failed, {took:.1f} s")
-    return 1 if bad else 0
+    return search_main(random_walk, argv, main.__doc__ or "")
 
 
 if __name__ == "__main__":

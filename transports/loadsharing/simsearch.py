@@ -9,6 +9,8 @@ seeds. ``python -m transports.loadsharing.simnet --runs N --seed S`` (the docume
 from __future__ import annotations
 
 import random
+from collections.abc import Callable
+from typing import Any
 
 from transports.loadsharing.simnet import GroupSpec, SimGroup, calm, converged
 
@@ -86,26 +88,39 @@ def switch_sides(g: SimGroup, rng: random.Random, ids: list[str]) -> None:
         g.net.cut(a, mover, both=False)
 
 
-def main(argv: list[str] | None = None) -> int:
-    """``python -m transports.loadsharing.simnet --runs N --seed S``: the search, by hand."""
+def failing_seeds(walk: Callable[[int], SimGroup], runs: int,
+                  seed: int) -> list[tuple[int, Any, str]]:
+    """Seeds whose group overloaded the breaker or did not converge after the calm."""
+    out = []
+    for s in range(seed, seed + runs):
+        g = walk(s)
+        problem = converged(g)
+        if g.violations or problem:
+            out.append((s, g.violations[:2], problem))
+    return out
+
+
+def search_main(walk: Callable[[int], SimGroup], argv: list[str] | None, doc: str) -> int:
+    """The command line of a search: ``--runs N --seed S``, failing seeds printed."""
     import argparse
     import time
 
-    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser = argparse.ArgumentParser(description=doc)
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     started = time.monotonic()
-    failures = 0
-    for seed in range(args.seed, args.seed + args.runs):
-        g = random_walk(seed)
-        problem = converged(g)
-        if g.violations or problem:
-            failures += 1
-            print(f"seed {seed}: violations {g.violations[:2]} {problem}")
+    bad = failing_seeds(walk, args.runs, args.seed)
+    for s, violations, problem in bad:
+        print(f"seed {s}: violations {violations} {problem}")
     took = time.monotonic() - started
-    print(f"{args.runs} runs from seed {args.seed}: {failures} failed, {took:.1f} s")
-    return 1 if failures else 0
+    print(f"{args.runs} runs from seed {args.seed}: {len(bad)} failed, {took:.1f} s")
+    return 1 if bad else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``python -m transports.loadsharing.simnet --runs N --seed S``: the search, by hand."""
+    return search_main(random_walk, argv, main.__doc__ or "")
 
 
 if __name__ == "__main__":
