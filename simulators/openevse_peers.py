@@ -11,6 +11,9 @@ peer's ``/ws`` comes up, retried every 500 ms until a 200 (and again after a cha
 controller); the allocation (``openevse_loadsharing.allocate``) on a free-running 5 s tick,
 applied to its own charger and sent as ``{"loadsharing": {...}}`` into every connected peer's
 socket; the reset pushed to a peer's ``/config`` when it is removed.
+
+Size: a little over the ~400-line guide: the firmware's poller, allocation tick and config
+push are one loop on the real device, kept together so it reads like the firmware.
 """
 
 from __future__ import annotations

@@ -16,6 +16,9 @@ the protocol run the real :class:`~transports.loadsharing.node.Node` here, with
 :meth:`SimGroup.check` is the safety claim: the current all EVs may draw, given every limit
 offered within each charger's response window, never exceeds ``group_max * safety_factor``.
 The randomized search over fault schedules that drives this group is ``simsearch.py``.
+
+Size: a little over the ~400-line guide: clock, network and chargers are one world; the
+search (``simsearch.py``) and the mixed group (``simled.py``) are already apart.
 """
 
 from __future__ import annotations
