@@ -72,6 +72,8 @@ class LedGroup:
 
     def configure(self, cfg: NodeConfig, group_id: str) -> None:
         """The group's values (at start and after a change): pushed again when they change."""
+        if not self.hosts:
+            return  # not a mixed group
         new = led_settings(cfg, group_id, float(cfg.led_floor))
         if new != self.settings:
             self.settings = new
