@@ -11,7 +11,12 @@ import random
 from typing import Any
 
 from transports.loadsharing.simled import MixedGroup, MixedSpec, calm
-from transports.loadsharing.simsearch import failing_seeds, search_main, switch_sides
+from transports.loadsharing.simsearch import (
+    failing_seeds,
+    random_network,
+    search_main,
+    switch_sides,
+)
 
 WANTS = (10.0, 16.0, 32.0)
 
@@ -69,10 +74,7 @@ def random_fault(g: MixedGroup, rng: random.Random) -> None:
     elif r < 0.40 and len(g.ids) >= 3:
         switch_sides(g, rng, list(g.ids))
     elif r < 0.48:
-        f.drop = rng.choice((0.0, 0.1, 0.3, 0.6))
-        f.duplicate = rng.choice((0.0, 0.1))
-        f.slow = rng.choice((0.0, 0.05, 0.2))
-        f.delay_max = rng.choice((0.05, 0.5, 3.0))
+        random_network(f, rng)
     elif r < 0.56:
         nid = rng.choice(g.ids)
         if g.alive(nid):

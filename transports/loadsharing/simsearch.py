@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from transports.loadsharing.simnet import GroupSpec, SimGroup, calm, converged
+from transports.loadsharing.simnet import Faults, GroupSpec, SimGroup, calm, converged
 
 WANTS = (10.0, 16.0, 32.0)
 
@@ -60,10 +60,7 @@ def _random_fault(g: SimGroup, rng: random.Random, ids: list[str]) -> None:
     elif r < 0.45 and len(ids) >= 3:
         switch_sides(g, rng, ids)
     elif r < 0.53:
-        f.drop = rng.choice((0.0, 0.1, 0.3, 0.6))
-        f.duplicate = rng.choice((0.0, 0.1))
-        f.slow = rng.choice((0.0, 0.05, 0.2))
-        f.delay_max = rng.choice((0.05, 0.5, 3.0))
+        random_network(f, rng)
     elif r < 0.62:
         nid = rng.choice(ids)
         if g.alive(nid):
@@ -72,6 +69,14 @@ def _random_fault(g: SimGroup, rng: random.Random, ids: list[str]) -> None:
             g.start(nid)
     else:
         g.plug(rng.choice(ids), plugged=rng.random() < 0.6, want=rng.choice(WANTS))
+
+
+def random_network(f: Faults, rng: random.Random) -> None:
+    """A new weather for the network: loss, duplication, long delays (reordering)."""
+    f.drop = rng.choice((0.0, 0.1, 0.3, 0.6))
+    f.duplicate = rng.choice((0.0, 0.1))
+    f.slow = rng.choice((0.0, 0.05, 0.2))
+    f.delay_max = rng.choice((0.05, 0.5, 3.0))
 
 
 def switch_sides(g: SimGroup, rng: random.Random, ids: list[str]) -> None:
