@@ -3,7 +3,7 @@
 The transport's own scheduler (``transports/modbus_bus/schedule.py``) and read plans
 (``protocols/read_plan.py``, the plan each device really sends) run against a simulated
 clock. Each request costs its RTU wire time at the line's baud rate (8N1 frames, CRC,
-3.5-character gaps; ``LinkCost``) plus a device turnaround; a dead device costs
+3.5-character gaps; ``RtuCost``) plus a device turnaround; a dead device costs
 ``timeout * (retries + 1)`` per scan (the transport ends a scan whose first request gets no
 answer), exactly the wait the transport would sit through.
 So the figures are the schedule's behaviour on a line of that speed, over an hour of bus
@@ -39,7 +39,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 from gateway.message import READING, Envelope
 from gateway.settings import GeneralSettings
-from protocols.read_plan import LinkCost, plan_reads
+from protocols.read_plan import RtuCost, plan_reads
 from protocols.registers import load_map
 from simulators.modbus_bus import BusSimulator, PacedLine
 from transports.base import TransportContext
@@ -49,7 +49,7 @@ from transports.modbus_bus.settings import ModbusBusRtuSettings
 
 
 def run(n: int, baud: int, dead: bool, args: argparse.Namespace) -> dict[str, float | str]:
-    link = LinkCost(baudrate=baud, turnaround=args.turnaround)
+    link = RtuCost(baudrate=baud, turnaround=args.turnaround)
     devices: dict[str, tuple[str, float]] = {"inverter": ("eg4_v58", args.inverter_interval)}
     for i in range(1, n):
         devices[f"meter{i}"] = ("sdm630", args.meter_interval)

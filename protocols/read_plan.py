@@ -4,18 +4,22 @@ Pure functions from (values, device limits, link cost) to requests, apart from a
 
 The problem. Each value occupies a span of registers (or bits) of one table and must be read
 whole by one request. A request reads a contiguous range of at most ``batch_size`` registers
-(2000 bits for coils/discrete inputs) that touches no range the device refuses to read. Reading
-the gap between two values costs bytes; a new request costs a fixed overhead (frames, CRC,
-silent intervals, device turnaround). The cost of a plan is the sum of its requests' bus time.
+(2000 bits for coils/discrete inputs) that touches no range the device refuses to read. The
+cost of a plan is the sum of its requests' times on the link (:class:`RtuCost`,
+:class:`TcpCost`): a fixed part per request (the device's turnaround, the RTU silent
+intervals or the TCP round trip, frame headers) and a part per byte read. Reading a gap
+between two values costs bytes; splitting a request costs one more fixed part.
 
 The minimum. Any optimal plan can be put in a normal form: each request covers a run of values
 that are consecutive in address order and reads exactly from the run's first register to its
 last (a request covering values a < c but not b in between spans b anyway, so the request that
-covered b can be dropped; trimming a request to its values only saves bytes). So the minimum is
+covered b can be dropped; trimming a request to its values only saves bytes, as every cost
+here grows with the count). So the minimum is
 ``best[j] = min_i best[i-1] + cost(span of values i..j)`` over feasible runs: an exact dynamic
 program, O(n^2) per table. :func:`plan_reads` *is* that program, so its plan is the minimum for
-the cost model it is given; ``pytests/test_registers.py`` checks it against brute force, and
-``bench/modbus_plan.py`` measures a plan made for one link against the minimum of another.
+the cost model it is given. ``bench/modbus_plan.py`` computes the minimum independently (a
+shortest path over register addresses that does not assume the normal form, and brute force
+on small maps); ``pytests/test_registers.py`` checks the planner against both.
 """
 
 from __future__ import annotations
@@ -27,19 +31,28 @@ from protocols.registers import BIT_TABLES, READ_FUNCTION, RegisterValue
 
 MAX_REGISTERS = 125
 MAX_BITS = 2000
+#: the device's think time per request when the settings do not say (seconds). Meters and
+#: inverters answer in roughly 5-50 ms; 20 ms is the middle and what the planner's figures in
+#: docs/transports/modbus.md assume. Set ``turnaround`` per device to the measured figure.
+DEFAULT_TURNAROUND = 0.020
+
+
+def payload_bytes(table: str, count: int) -> int:
+    """Data bytes of a reply carrying ``count`` registers or bits."""
+    return (count + 7) // 8 if table in BIT_TABLES else 2 * count
 
 
 @dataclass(frozen=True)
-class LinkCost:
-    """Bus time of one read transaction on an RTU line (seconds).
+class RtuCost:
+    """Time of one read transaction on an RTU line (seconds): both frames at the line's
+    speed, the 3.5-character silence after each, and the device's turnaround.
 
-    ``bits_per_char``: 10 for 8N1, 11 with parity or two stop bits. ``turnaround``: the
-    device's think time per request (unknown in general: 0 gives the wire-only figure).
+    ``bits_per_char``: 10 for 8N1, 11 with parity or two stop bits.
     """
 
     baudrate: int = 19200
     bits_per_char: int = 10
-    turnaround: float = 0.0
+    turnaround: float = DEFAULT_TURNAROUND
 
     @property
     def char_time(self) -> float:
@@ -53,12 +66,43 @@ class LinkCost:
     @staticmethod
     def frame_bytes(table: str, count: int) -> tuple[int, int]:
         """(request, response) RTU frame sizes for reading ``count`` registers or bits."""
-        payload = (count + 7) // 8 if table in BIT_TABLES else 2 * count
-        return 8, 5 + payload
+        return 8, 5 + payload_bytes(table, count)
 
     def seconds(self, table: str, count: int) -> float:
         request, response = self.frame_bytes(table, count)
         return (request + response) * self.char_time + 2 * self.silence + self.turnaround
+
+
+#: Ethernet (with preamble and gap), IPv4 and TCP (with timestamps) bytes around each segment
+TCP_IP_OVERHEAD = 90
+
+
+@dataclass(frozen=True)
+class TcpCost:
+    """Time of one read transaction over Modbus TCP (seconds): a round trip, not a bus.
+
+    Every request waits for its answer: the network round trip plus the device's (or the
+    gateway's) turnaround, whatever its size. Bytes cost little: ``bytes_per_second`` is a slow
+    link's (10 Mbit/s), so that a fixed 1 ms round trip outweighs the most filler any request
+    can carry (125 registers, 0.2 ms), and the minimum is the fewest requests, then the
+    fewest bytes.
+    """
+
+    turnaround: float = DEFAULT_TURNAROUND
+    round_trip: float = 0.001
+    bytes_per_second: float = 1_250_000.0
+
+    @staticmethod
+    def frame_bytes(table: str, count: int) -> tuple[int, int]:
+        """(request, response) sizes for reading ``count``: MBAP frames plus TCP/IP framing."""
+        return 12 + TCP_IP_OVERHEAD, 9 + payload_bytes(table, count) + TCP_IP_OVERHEAD
+
+    def seconds(self, table: str, count: int) -> float:
+        request, response = self.frame_bytes(table, count)
+        return self.round_trip + self.turnaround + (request + response) / self.bytes_per_second
+
+
+LinkCost = RtuCost | TcpCost
 
 
 @dataclass(frozen=True)
@@ -89,8 +133,8 @@ class ReadPlan:
     def cost(self, link: LinkCost) -> float:
         return sum(link.seconds(r.table, r.count) for r in self.requests)
 
-    def wire_bytes(self) -> int:
-        return sum(sum(LinkCost.frame_bytes(r.table, r.count)) for r in self.requests)
+    def wire_bytes(self, link: LinkCost) -> int:
+        return sum(sum(link.frame_bytes(r.table, r.count)) for r in self.requests)
 
     def registers_read(self) -> int:
         return sum(r.count for r in self.requests)
@@ -137,7 +181,7 @@ def plan_table(
     link: LinkCost | None = None,
 ) -> list[ReadRequest]:
     """The exact minimum-cost requests for the values of one table (see the module doc)."""
-    link = link or LinkCost()
+    link = link or RtuCost()
     units = _units(values)
     limit = limit_for(table, batch_size)
     for u in units:
@@ -211,13 +255,3 @@ def lower_bound(values: Sequence[RegisterValue], link: LinkCost, batch_size: int
         total += full * link.seconds(table, limit) + (link.seconds(table, rest) if rest else 0)
     return total
 
-
-def minimum_cost(
-    values: Sequence[RegisterValue],
-    link: LinkCost,
-    *,
-    batch_size: int = MAX_REGISTERS,
-    unreadable: Sequence[tuple[str, int, int]] = (),
-) -> float:
-    """The least bus time any valid plan of ``values`` can take on ``link`` (module doc)."""
-    return plan_reads(values, batch_size=batch_size, unreadable=unreadable, link=link).cost(link)

@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -16,13 +17,25 @@ from typing import Any
 import pytest
 from pydantic import ValidationError
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
+from pymodbus.constants import ExcCodes
 
 from gateway.message import Envelope
+from protocols.read_plan import ReadRequest
 from protocols.registers import load_map
 from pytests.helpers import Harness, async_wait_for, free_port, wait_for
 from simulators.modbus_device import DeviceModel, ModbusSimulator
 from transports import get
 from transports.modbus import ModbusRtuTransport, ModbusTcpTransport
+from transports.modbus.link import (
+    CallPolicy,
+    Disconnected,
+    ExceptionReply,
+    GarbledReply,
+    ModbusLink,
+    NoReply,
+    SerialLine,
+    TcpEndpoint,
+)
 from transports.modbus.settings import ModbusRtuSettings, ModbusTcpSettings
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -219,6 +232,61 @@ def test_garbled_replies_are_counted_on_rtu(tmp_path: Path) -> None:
         await async_wait_for(lambda: len(readings(h)) > count)
 
     run_with("rtu", "sdm630", tmp_path, body)
+
+
+@pytest.mark.parametrize("link", ["tcp", "rtu"])
+def test_link_failures_come_typed_with_their_figures(link: str, tmp_path: Path) -> None:
+    """Against pymodbus's server: each failure kind is its own type, per-call timeouts and
+    retries hold (lower bounds only), and silence never costs the connection."""
+
+    async def main() -> None:
+        sim = ModbusSimulator("sdm630", (1,), tcp_port=free_port() if link == "tcp" else None,
+                              pty_link=str(tmp_path / "ttySIM") if link == "rtu" else None,
+                              baudrate=115200, dynamic=False)
+        await sim.start()
+        description = (TcpEndpoint("127.0.0.1", sim.tcp_port) if link == "tcp"
+                       else SerialLine(sim.pty_link, 115200))
+        modbus = ModbusLink(description, connect_timeout=2.0)
+        fast, slow = CallPolicy(timeout=0.2, retries=0), CallPolicy(timeout=0.3, retries=2)
+        voltage = ReadRequest("input", 0, 2, ("l1_voltage",))
+        try:
+            assert await modbus.connect()
+            assert len(await modbus.read(1, voltage, fast)) == 2
+            sim.unit.fail_range("input", 0, 1, ExcCodes.DEVICE_BUSY)
+            with pytest.raises(ExceptionReply) as refused:
+                await modbus.read(1, voltage, fast)
+            assert refused.value.code == 6 and "device busy" in str(refused.value)
+            sim.unit.clear_faults()
+            sim.unit.silence_range("input", 0, 1)
+            for _ in range(6):  # pymodbus alone would drop a TCP link after retries + 3
+                with pytest.raises(NoReply):
+                    await modbus.read(1, voltage, fast)
+            assert modbus.connected
+            began = time.monotonic()
+            with pytest.raises(NoReply) as silent:
+                await modbus.read(1, voltage, slow)
+            assert time.monotonic() - began >= 0.9 - 0.05  # 3 tries of 0.3 s
+            assert (silent.value.timeout, silent.value.tries) == (0.3, 3)
+            assert str(silent.value) == "no reply within 0.3 s (3 tries)"
+            sim.unit.clear_faults()
+            if link == "rtu":
+                sim.garble = True
+                with pytest.raises(GarbledReply):
+                    await modbus.read(1, voltage, fast)
+                sim.garble = False
+            assert len(await modbus.read(1, voltage, fast)) == 2
+            if link == "tcp":
+                await sim.stop()
+                await async_wait_for(lambda: not modbus.connected)
+                with pytest.raises(Disconnected):
+                    await modbus.read(1, voltage, fast)
+        finally:
+            modbus.close()
+            await sim.stop()
+        with pytest.raises(Disconnected):
+            await modbus.read(1, voltage, fast)
+
+    asyncio.run(main())
 
 
 @pytest.mark.parametrize("link", ["tcp", "rtu"])

@@ -12,7 +12,7 @@ from dataclasses import dataclass, field
 from hypothesis import given
 from hypothesis import strategies as st
 
-from protocols.read_plan import LinkCost, ReadRequest
+from protocols.read_plan import ReadRequest, RtuCost
 from protocols.registers import load_map, parse_map
 from transports.modbus_bus.blocks import READ, REFUSED, BlockMemory, walk
 from transports.modbus_bus.schedule import BusSchedule, Timing
@@ -158,7 +158,7 @@ def test_any_bus_below_its_capacity_keeps_every_interval(
 
 def test_split_gives_tight_halves_at_value_boundaries() -> None:
     regmap = load_map("eg4_v58")
-    memory = BlockMemory(regmap, regmap.batch_size, LinkCost())
+    memory = BlockMemory(regmap, regmap.batch_size, RtuCost(turnaround=0.0))
     block = memory.plan.requests[10]  # input 40+31
     left, right = memory.split(block)
     assert left.address == 40 and set(left.names) | set(right.names) == set(block.names)
@@ -171,7 +171,7 @@ def test_split_gives_tight_halves_at_value_boundaries() -> None:
 
 def test_a_refused_value_is_left_out_and_never_read_through() -> None:
     regmap = load_map("eg4_v58")
-    memory = BlockMemory(regmap, regmap.batch_size, LinkCost())
+    memory = BlockMemory(regmap, regmap.batch_size, RtuCost(turnaround=0.0))
     before = len(memory.plan)
     learned = memory.value_refused(ReadRequest("input", 44, 2, ("pv_energy_total",)))
     assert str(learned) == "input 44-45 (pv_energy_total)"
@@ -184,7 +184,7 @@ def test_a_refused_value_is_left_out_and_never_read_through() -> None:
 
 def test_a_refused_gap_is_never_read_through() -> None:
     regmap = load_map("sdm630")
-    memory = BlockMemory(regmap, regmap.batch_size, LinkCost())
+    memory = BlockMemory(regmap, regmap.batch_size, RtuCost(turnaround=0.0))
     block = next(r for r in memory.plan.requests if r.table == "input" and r.address == 70)
     halves = [ReadRequest("input", 70, 10, ()), ReadRequest("input", 84, 4, ())]
     learned = memory.gap_refused(halves)
@@ -240,7 +240,7 @@ def test_every_scan_reads_all_that_can_be_read_and_refusals_die_out(
     batch = data.draw(st.integers(4, 125))
     refused = {(t, a) for t, a in data.draw(st.sets(st.tuples(
         st.sampled_from(["input", "holding"]), st.integers(0, 302)), max_size=12))}
-    memory = BlockMemory(regmap, batch, LinkCost())
+    memory = BlockMemory(regmap, batch, RtuCost(turnaround=0.0))
     readable = {v.name for v in regmap.values
                 if not any((v.table, a) in refused for a in range(v.address, v.end))}
     for _ in range(len(refused) + 1):

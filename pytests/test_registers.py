@@ -10,10 +10,13 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
+from bench.modbus_plan import brute_force_minimum, independent_minimum, useful_registers
 from protocols.read_plan import (
     LinkCost,
     PlanError,
     ReadRequest,
+    RtuCost,
+    TcpCost,
     lower_bound,
     naive_plan,
     plan_reads,
@@ -194,23 +197,115 @@ def _check_valid(requests: list[ReadRequest], values, unreadable, batch) -> None
             assert r.address <= by_name[name].address and by_name[name].end <= r.end
 
 
-@given(tables(), st.sampled_from([9600, 19200, 115200]))
-def test_planner_is_the_minimum(case, baud: int) -> None:
+def links() -> st.SearchStrategy[LinkCost]:
+    """RTU lines and TCP links, turnarounds from none to slow."""
+    turnaround = st.sampled_from([0.0, 0.005, 0.020, 0.050]) | st.floats(0, 0.2)
+    return st.one_of(
+        st.builds(RtuCost, st.sampled_from([1200, 9600, 19200, 38400, 115200]),
+                  st.sampled_from([10, 11]), turnaround),
+        st.builds(TcpCost, turnaround, st.sampled_from([0.0002, 0.001, 0.01])))
+
+
+@given(tables(), links())
+def test_planner_is_the_minimum(case, link: LinkCost) -> None:
+    """Against every cut of the values into runs, and the address formulation of the bench."""
     values, unreadable, batch = case
-    link = LinkCost(baudrate=baud)
     try:
         requests = plan_table("holding", values, batch_size=batch, unreadable=unreadable,
                               link=link)
     except PlanError:
         assert any(v.count > batch for v in values) or _brute_force(
             values, unreadable, batch, link) == float("inf")
+        assert independent_minimum(values, link.seconds, batch_size=batch,
+                                   unreadable=unreadable) == float("inf")
         return
     _check_valid(requests, values, unreadable, batch)
     cost = sum(link.seconds("holding", r.count) for r in requests)
-    minimum = _brute_force(values, unreadable, batch, link)
-    assert cost <= minimum * 1.05 + 1e-12
-    assert cost == pytest.approx(minimum)
+    assert cost == pytest.approx(_brute_force(values, unreadable, batch, link), rel=1e-9)
+    assert cost == pytest.approx(independent_minimum(values, link.seconds, batch_size=batch,
+                                                     unreadable=unreadable), rel=1e-9)
     assert cost >= lower_bound(values, link, batch) - 1e-12
+
+
+@st.composite
+def small_maps(draw: st.DrawFn) -> tuple[list[RegisterValue], list[tuple[str, int, int]], int]:
+    """Values within 9 addresses of one table (bit fields sharing a register, coils too)."""
+    table = draw(st.sampled_from(["holding", "input", "coil"]))
+    values: list[RegisterValue] = []
+    address = draw(st.integers(0, 2))
+    while address < 8 and len(values) < 7:
+        if table == "coil":
+            values.append(RegisterValue(f"v{len(values)}", table, address, "bool", 1))
+            address += 1
+        elif draw(st.booleans()):
+            width = draw(st.integers(1, 3))
+            values.append(RegisterValue(f"v{len(values)}", table, address, "u16", width))
+            address += width
+        else:  # two bit fields of one register: one unit, read together
+            for start in (0, 8):
+                values.append(RegisterValue(f"v{len(values)}", table, address, "bits", 1,
+                                            bit_start=start, bit_width=8))
+            address += 1
+        address += draw(st.integers(0, 3))
+    values = [v for v in values if v.end <= 9] or [RegisterValue("v", table, 0, "u16", 1)]
+    unreadable = []
+    if draw(st.booleans()):
+        first = draw(st.integers(0, 9))
+        unreadable.append((table, first, first + draw(st.integers(0, 1))))
+    return values, unreadable, draw(st.integers(1, 8))
+
+
+@given(small_maps(), links())
+def test_planner_equals_brute_force_on_small_maps(case, link: LinkCost) -> None:
+    """Every plan there is (each register skipped, read on, or read in a new request)."""
+    values, unreadable, batch = case
+    if values[0].table == "coil":
+        batch = 125  # bits: the 2000-bit limit holds whatever the batch size
+    brute = brute_force_minimum(values, link.seconds, batch_size=batch, unreadable=unreadable)
+    try:
+        plan = plan_reads(values, batch_size=batch, unreadable=unreadable, link=link)
+    except PlanError:
+        assert brute == float("inf")
+        return
+    assert plan.cost(link) == pytest.approx(brute, rel=1e-9)
+    assert sorted(n for r in plan.requests for n in r.names) == sorted(v.name for v in values)
+
+
+def _fewest(values, batch, unreadable) -> float:
+    return independent_minimum(values, lambda _t, _n: 1.0, batch_size=batch,
+                               unreadable=unreadable)
+
+
+@given(tables(), st.floats(0, 0.2))
+def test_tcp_plans_the_fewest_requests(case, turnaround: float) -> None:
+    """Over TCP each request is a round trip: fewer requests always win."""
+    values, unreadable, batch = case
+    link = TcpCost(turnaround=turnaround)
+    try:
+        plan = plan_reads(values, batch_size=batch, unreadable=unreadable, link=link)
+    except PlanError:
+        return
+    assert len(plan) == _fewest(values, batch, unreadable)
+
+
+@pytest.mark.parametrize(("name", "fewest"), [("eg4_v58", 10), ("sdm630", 6)])
+def test_shipped_maps_over_tcp_plan_the_fewest_requests(name: str, fewest: int) -> None:
+    regmap = load_map(name)
+    values = regmap.readable_values()
+    plan = plan_reads(values, batch_size=regmap.batch_size, unreadable=regmap.unreadable,
+                      link=TcpCost())
+    assert len(plan) == _fewest(values, regmap.batch_size, regmap.unreadable) == fewest
+    # on a 9600-baud line at no turnaround, skipping gaps pays: more, shorter requests
+    rtu = plan_reads(values, batch_size=regmap.batch_size, unreadable=regmap.unreadable,
+                     link=RtuCost(9600, turnaround=0.0))
+    assert len(rtu) > fewest and rtu.registers_read() < plan.registers_read()
+
+
+def test_a_register_of_bit_fields_counts_once() -> None:
+    assert useful_registers(load_map("eg4_v58").readable_values()) == 125
+    fields = [RegisterValue(f"b{i}", "input", 5, "bits", 1, bit_start=4 * i, bit_width=4)
+              for i in range(4)]
+    assert useful_registers(fields) == 1
 
 
 def test_never_splits_a_value() -> None:

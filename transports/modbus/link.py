@@ -1,50 +1,158 @@
-"""The bus side: a pymodbus async client, one request at a time, failures sorted by kind.
+"""The one place that talks to pymodbus: a link (TCP or serial line), one request at a time.
 
-A failed request raises :class:`RequestFailed` with ``kind``:
+A link is built from a small description (:class:`TcpEndpoint`, :class:`SerialLine`) and
+serves :meth:`ModbusLink.read` and :meth:`ModbusLink.write`, each with its own
+:class:`CallPolicy` (timeout, retries, pauses), so that devices of one bus keep their own
+figures. A failed request raises one of the :class:`RequestFailed` kinds, which callers tell
+apart by type:
 
-- ``exception``: the device answered with a Modbus exception (code in the detail);
-- ``timeout``: nothing came back (after the client's retries);
-- ``garbled``: bytes came back but no valid frame (bad CRC, wrong length); pymodbus drops such
-  frames, so we tell this from silence by watching the raw bytes that arrived;
-- ``disconnected``: the connection is gone (TCP closed, serial port vanished).
+- :class:`ExceptionReply`: the device answered with a Modbus exception (``code``);
+- :class:`NoReply`: nothing came back, after the retries;
+- :class:`GarbledReply`: bytes came back but no valid frame (bad CRC, wrong length, a reply
+  of the wrong size); pymodbus drops such frames, so it is told from silence by the raw
+  bytes that arrived;
+- :class:`Disconnected`: the connection is gone (TCP closed, serial port vanished).
+
+pymodbus would close a TCP link after a few unanswered requests in a row: behind a gateway
+that is one dead device, not a dead link, so the link never lets it; whoever owns the link
+decides when to close it.
 """
 
 from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from collections.abc import Awaitable
+from dataclasses import dataclass
+from typing import ClassVar
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
+from pymodbus.pdu import ExceptionResponse, ModbusPDU
 
-from protocols.read_plan import ReadRequest
+from protocols.read_plan import LinkCost, ReadRequest, RtuCost, TcpCost
 from protocols.registers import BIT_TABLES, RegisterValue
-from transports.modbus.settings import ModbusRtuSettings, ModbusSettings, ModbusTcpSettings
 
 EXCEPTION_NAMES = {
     1: "illegal function", 2: "illegal data address", 3: "illegal data value",
     4: "device failure", 5: "acknowledge", 6: "device busy", 8: "memory parity error",
     10: "gateway path unavailable", 11: "gateway target failed to respond",
 }
+#: unanswered requests in a row after which pymodbus may drop the link: never
+NEVER_DISCONNECT = 1 << 30
 
 
+# ---------------------------------------------------------------------- descriptions
+@dataclass(frozen=True)
+class TcpEndpoint:
+    """A Modbus TCP device or gateway."""
+
+    host: str
+    port: int = 502
+
+    def cost(self, turnaround: float) -> LinkCost:
+        """What a read costs here (planning): a round trip per request."""
+        return TcpCost(turnaround=turnaround)
+
+    def __str__(self) -> str:
+        return f"{self.host}:{self.port}"
+
+
+@dataclass(frozen=True)
+class SerialLine:
+    """An RS485/RS232 line (RTU framing)."""
+
+    port: str
+    baudrate: int = 9600
+    parity: str = "N"
+    stopbits: int = 1
+    bytesize: int = 8
+
+    @property
+    def bits_per_char(self) -> int:
+        return 1 + self.bytesize + (self.parity != "N") + self.stopbits
+
+    def cost(self, turnaround: float) -> LinkCost:
+        """What a read costs here (planning): wire time at the line's speed per request."""
+        return RtuCost(self.baudrate, self.bits_per_char, turnaround)
+
+    def __str__(self) -> str:
+        return self.port
+
+
+LinkDescription = TcpEndpoint | SerialLine
+
+
+@dataclass(frozen=True)
+class CallPolicy:
+    """How one device is asked: seconds per reply, re-sends when none comes, pauses.
+
+    ``quiet``: seconds of silence on the link before each request (slow devices);
+    ``settle``: seconds after connecting before the first request.
+    """
+
+    timeout: float = 1.0
+    retries: int = 1
+    quiet: float = 0.0
+    settle: float = 0.0
+
+
+# ---------------------------------------------------------------------- failures
 class RequestFailed(Exception):
-    def __init__(self, kind: str, detail: str) -> None:
-        self.kind = kind
+    """A request that did not come back with data; see the subclasses.
+
+    ``counter``: the transport counter a failure of this kind adds to ("" for none).
+    """
+
+    counter: ClassVar[str] = ""
+
+
+class ExceptionReply(RequestFailed):
+    counter = "exceptions"
+
+    def __init__(self, code: int, raw: bytes = b"") -> None:
+        self.code = code
+        self.raw = raw
+        name = EXCEPTION_NAMES.get(code, "unknown")
+        super().__init__(f"exception {code} ({name})" + (f" in {raw.hex(' ')}" if raw else ""))
+
+
+class NoReply(RequestFailed):
+    counter = "timeouts"
+
+    def __init__(self, timeout: float, tries: int) -> None:
+        self.timeout = timeout
+        self.tries = tries
+        super().__init__(f"no reply within {timeout:g} s"
+                         + (f" ({tries} tries)" if tries > 1 else ""))
+
+
+class GarbledReply(RequestFailed):
+    counter = "garbled"
+
+    def __init__(self, detail: str) -> None:
         self.detail = detail
-        super().__init__(f"{kind}: {detail}")
+        super().__init__(f"garbled reply: {detail}")
 
 
+class Disconnected(RequestFailed):
+    def __init__(self, detail: str = "not connected") -> None:
+        self.detail = detail
+        super().__init__(f"disconnected: {detail}")
+
+
+# ---------------------------------------------------------------------- the link
 class ModbusLink:
     """One client for one bus or TCP connection; callers serialise use with ``lock``."""
 
-    def __init__(self, settings: ModbusSettings) -> None:
-        self.settings = settings
+    def __init__(self, description: LinkDescription, *, connect_timeout: float = 3.0) -> None:
+        self.description = description
+        self.connect_timeout = connect_timeout
         self.lock = asyncio.Lock()
-        self.client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
+        self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._rx = bytearray()
-        self._last_request = 0.0
+        self._quiet_from = 0.0
+        self._connected_at = 0.0
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if sending:
@@ -54,93 +162,109 @@ class ModbusLink:
         return data
 
     def _make_client(self) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
-        s = self.settings
-        common: dict[str, Any] = {
-            "timeout": s.timeout, "retries": s.retries, "reconnect_delay": 0,
-            "trace_packet": self._trace,
-        }
-        if isinstance(s, ModbusTcpSettings):
-            return AsyncModbusTcpClient(s.host, port=s.port, **common)
-        assert isinstance(s, ModbusRtuSettings)
-        return AsyncModbusSerialClient(
-            s.port, baudrate=s.baudrate, parity=s.parity, stopbits=s.stopbits,
-            bytesize=s.bytesize, **common,
-        )
+        d = self.description
+        if isinstance(d, TcpEndpoint):
+            client: AsyncModbusTcpClient | AsyncModbusSerialClient = AsyncModbusTcpClient(
+                d.host, port=d.port, timeout=self.connect_timeout, retries=0,
+                reconnect_delay=0, trace_packet=self._trace)
+        else:
+            client = AsyncModbusSerialClient(
+                d.port, baudrate=d.baudrate, parity=d.parity, stopbits=d.stopbits,
+                bytesize=d.bytesize, timeout=self.connect_timeout, retries=0,
+                reconnect_delay=0, trace_packet=self._trace)
+        client.set_max_no_responses(NEVER_DISCONNECT)
+        return client
 
     @property
     def connected(self) -> bool:
-        return self.client is not None and bool(self.client.connected)
+        return self._client is not None and bool(self._client.connected)
 
     async def connect(self) -> bool:
         self.close()
-        self.client = self._make_client()
+        self._client = self._make_client()
         try:
-            return bool(await self.client.connect()) and self.connected
+            ok = bool(await self._client.connect()) and self.connected
         except (OSError, ModbusException):
             return False
+        self._connected_at = time.monotonic()
+        return ok
 
     def close(self) -> None:
-        if self.client is not None:
-            self.client.close()
-            self.client = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
 
-    async def _pace(self) -> None:
-        delay = self.settings.request_delay
-        if delay > 0:
-            wait = self._last_request + delay - time.monotonic()
-            if wait > 0:
-                await asyncio.sleep(wait)
-
-    async def _call(self, method: str, *args: Any, **kwargs: Any) -> Any:
-        if not self.connected:
-            raise RequestFailed("disconnected", "not connected")
-        await self._pace()
-        assert self.client is not None
-        try:
-            reply = await getattr(self.client, method)(*args, **kwargs)
-        except ConnectionException as exc:
-            raise RequestFailed("disconnected", str(exc)) from None
-        except ModbusIOException:
-            if self._rx:
-                raise RequestFailed("garbled", f"no valid frame in {bytes(self._rx).hex(' ')}") \
-                    from None
-            if not self.connected:
-                raise RequestFailed("disconnected", "connection lost") from None
-            raise RequestFailed("timeout", f"no reply within {self.settings.timeout} s") from None
-        except ModbusException as exc:
-            raise RequestFailed("garbled", str(exc)) from None
-        finally:
-            self._last_request = time.monotonic()
-        if reply.isError():
-            code = int(getattr(reply, "exception_code", 0))
-            name = EXCEPTION_NAMES.get(code, "unknown")
-            raise RequestFailed(
-                "exception", f"exception {code} ({name}) in {bytes(self._rx).hex(' ')}"
-            )
-        return reply
-
-    async def read(self, unit: int, request: ReadRequest) -> list[int] | list[bool]:
-        method = {
-            "coil": "read_coils", "discrete": "read_discrete_inputs",
-            "holding": "read_holding_registers", "input": "read_input_registers",
-        }[request.table]
-        reply = await self._call(method, request.address, count=request.count, device_id=unit)
-        if request.table in BIT_TABLES:
-            bits = list(reply.bits)[: request.count]
-            if len(bits) < request.count:
-                raise RequestFailed("garbled", f"{len(bits)} bits for {request.count}")
+    async def read(self, unit: int, request: ReadRequest,
+                   policy: CallPolicy) -> list[int] | list[bool]:
+        """The request's registers (or bits), exactly ``request.count`` of them."""
+        client = await self._ready(policy)
+        table, address, count = request.table, request.address, request.count
+        if table == "coil":
+            call = client.read_coils(address, count=count, device_id=unit)
+        elif table == "discrete":
+            call = client.read_discrete_inputs(address, count=count, device_id=unit)
+        elif table == "holding":
+            call = client.read_holding_registers(address, count=count, device_id=unit)
+        else:
+            call = client.read_input_registers(address, count=count, device_id=unit)
+        reply = await self._exchange(call, policy)
+        if table in BIT_TABLES:
+            bits = list(reply.bits)[:count]
+            if len(bits) < count:
+                raise GarbledReply(f"{len(bits)} bits for {count}")
             return bits
         words = list(reply.registers)
-        if len(words) != request.count:
-            raise RequestFailed("garbled", f"{len(words)} registers for {request.count}")
+        if len(words) != count:
+            raise GarbledReply(f"{len(words)} registers for {count}")
         return words
 
-    async def write(self, unit: int, spec: RegisterValue, words: list[int] | list[bool]) -> None:
+    async def write(self, unit: int, spec: RegisterValue, words: list[int] | list[bool],
+                    policy: CallPolicy) -> None:
+        """Write one value's words (a coil: its bit) to ``spec``'s address."""
+        client = await self._ready(policy)
         if spec.table == "coil":
-            await self._call("write_coil", spec.address, bool(words[0]), device_id=unit)
+            call = client.write_coil(spec.address, bool(words[0]), device_id=unit)
         elif len(words) == 1:
-            await self._call("write_register", spec.address, int(words[0]), device_id=unit)
+            call = client.write_register(spec.address, int(words[0]), device_id=unit)
         else:
-            await self._call(
-                "write_registers", spec.address, [int(w) for w in words], device_id=unit
-            )
+            call = client.write_registers(spec.address, [int(w) for w in words],
+                                          device_id=unit)
+        await self._exchange(call, policy)
+
+    async def _ready(self, policy: CallPolicy) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
+        """The client, once the policy's pauses have passed; its timeout and retries set."""
+        if self._client is None or not self._client.connected:
+            raise Disconnected()
+        ready = max(self._quiet_from + policy.quiet, self._connected_at + policy.settle)
+        pause = ready - time.monotonic()
+        if pause > 0:
+            await asyncio.sleep(pause)
+        if self._client is None or not self._client.connected:
+            raise Disconnected()
+        # pymodbus keeps both in its transaction manager: the reply timeout is its
+        # ``timeout_connect``, and it re-sends ``retries`` times itself
+        self._client.ctx.comm_params.timeout_connect = policy.timeout
+        self._client.ctx.retries = policy.retries
+        return self._client
+
+    async def _exchange(self, call: Awaitable[ModbusPDU], policy: CallPolicy) -> ModbusPDU:
+        """Await one pymodbus call and sort its outcome into data or a failure kind."""
+        try:
+            reply = await call
+        except ConnectionException as exc:
+            raise Disconnected(str(exc)) from None
+        except ModbusIOException:
+            if self._rx:
+                raise GarbledReply(f"no valid frame in {bytes(self._rx).hex(' ')}") from None
+            if not self.connected:
+                raise Disconnected("connection lost") from None
+            raise NoReply(policy.timeout, policy.retries + 1) from None
+        except ModbusException as exc:
+            raise GarbledReply(str(exc)) from None
+        finally:
+            self._quiet_from = time.monotonic()
+        if isinstance(reply, ExceptionResponse):
+            raise ExceptionReply(int(reply.exception_code), bytes(self._rx))
+        if reply.isError():
+            raise GarbledReply(f"error reply {reply}")
+        return reply

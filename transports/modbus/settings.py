@@ -5,6 +5,7 @@ from __future__ import annotations
 from pydantic import Field, field_validator
 
 from gateway.settings import ByteSize, Parity, StopBits, TransportSettings, serial_identity
+from protocols.read_plan import DEFAULT_TURNAROUND
 from protocols.registers import MapError, available_maps, load_map, map_path
 
 
@@ -25,6 +26,10 @@ class ModbusSettings(TransportSettings):
     )
     batch_size: int = Field(
         default=0, ge=0, le=125, description="registers per read at most; 0 = the map's limit"
+    )
+    turnaround: float = Field(
+        default=DEFAULT_TURNAROUND, ge=0, le=10,
+        description="the device's think time per request (s): what a request costs, for planning"
     )
     offline_after: int = Field(
         default=3, ge=1, description="failed scans in a row before the device counts as gone"

@@ -24,13 +24,29 @@ from gateway.message import (
     command_result,
     describe_event,
 )
-from protocols.read_plan import LinkCost
 from protocols.registers import Value, WriteRejected, load_map
 from transports import register
 from transports.base import Transport, TransportContext
 from transports.modbus.device import ModbusDevice
-from transports.modbus.link import ModbusLink, RequestFailed
+from transports.modbus.link import (
+    CallPolicy,
+    Disconnected,
+    LinkDescription,
+    ModbusLink,
+    NoReply,
+    RequestFailed,
+    SerialLine,
+    TcpEndpoint,
+)
 from transports.modbus.settings import ModbusRtuSettings, ModbusSettings, ModbusTcpSettings
+
+
+def link_description(settings: ModbusSettings) -> LinkDescription:
+    if isinstance(settings, ModbusRtuSettings):
+        return SerialLine(settings.port, settings.baudrate, settings.parity, settings.stopbits,
+                          settings.bytesize)
+    assert isinstance(settings, ModbusTcpSettings)
+    return TcpEndpoint(settings.host, settings.port)
 
 
 class ModbusTransport(Transport[ModbusSettings]):
@@ -39,19 +55,18 @@ class ModbusTransport(Transport[ModbusSettings]):
     def __init__(self, settings: ModbusSettings, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
         regmap = load_map(settings.protocol_version)
-        cost = LinkCost(baudrate=settings.baudrate) if isinstance(
-            settings, ModbusRtuSettings) else LinkCost()
-        self.device = ModbusDevice(
-            settings.address, regmap, batch_size=settings.batch_size, link=cost
-        )
-        self.link = ModbusLink(settings)
+        description = link_description(settings)
+        self.device = ModbusDevice(settings.address, regmap, batch_size=settings.batch_size,
+                                   link=description.cost(settings.turnaround))
+        self.link = ModbusLink(description, connect_timeout=settings.timeout)
+        self.policy = CallPolicy(settings.timeout, settings.retries, settings.request_delay)
         self.available: bool | None = None
         self.serial = ""
         self._failed_scans = 0
         self._described = False
         self._ever_connected = False
         self._scan_errors = 0
-        self._where = f"{settings.where()} unit {settings.address}"
+        self._where = f"{description} unit {settings.address}"
         self._failure = FailureLog(self.log, f"modbus device {self._where}")
         self._backoff = Backoff(initial=min(1.0, settings.reconnect_max),
                                 maximum=settings.reconnect_max)
@@ -133,11 +148,11 @@ class ModbusTransport(Transport[ModbusSettings]):
             async with self.link.lock:
                 try:
                     self._count("requests")
-                    words = await self.link.read(self.device.unit_id, request)
+                    words = await self.link.read(self.device.unit_id, request, self.policy)
                 except RequestFailed as exc:
                     self._request_failed(exc, f"read {request.table} {request.address}"
                                               f"+{request.count}")
-                    if exc.kind == "disconnected":
+                    if isinstance(exc, Disconnected):
                         break
                     continue
             values.update(self.device.decode(request, words))
@@ -147,9 +162,7 @@ class ModbusTransport(Transport[ModbusSettings]):
         return values
 
     def _request_failed(self, exc: RequestFailed, what: str) -> None:
-        key = {"exception": "exceptions", "timeout": "timeouts", "garbled": "garbled"}.get(
-            exc.kind, "timeouts")
-        self._count(key)
+        self._count(exc.counter or "timeouts")
         self.ctx.counters.error(f"{what}: {exc}")
         quiet = self._failure.failing or self._scan_errors > 0
         self._scan_errors += 1
@@ -205,19 +218,20 @@ class ModbusTransport(Transport[ModbusSettings]):
                 for op in ops:
                     current = 0
                     if op.needs_current:
-                        words = await self.link.read(unit, self.device.single_read(op.spec))
+                        words = await self.link.read(unit, self.device.single_read(op.spec),
+                                                     self.policy)
                         current = int(words[0])
-                    await self.link.write(unit, op.spec, op.words(current))
+                    await self.link.write(unit, op.spec, op.words(current), self.policy)
                     self._count("writes")
                 for op in ops:
                     if not op.spec.readable:
                         continue
                     request = self.device.single_read(op.spec)
-                    readback.update(self.device.decode(request, await self.link.read(unit,
-                                                                                    request)))
+                    words = await self.link.read(unit, request, self.policy)
+                    readback.update(self.device.decode(request, words))
             except RequestFailed as exc:
                 self._request_failed(exc, "write")
-                result = "timeout" if exc.kind == "timeout" else "error"
+                result = "timeout" if isinstance(exc, NoReply) else "error"
                 await self._result(reply_to, data, False, result, str(exc), values=readback)
                 return
         self.log.info("%s: wrote %s", self._where, readback)

@@ -13,10 +13,11 @@ import logging
 from typing import Any
 
 from gateway.message import EVENT, Envelope, command_result, describe_event
-from protocols.registers import Value, WriteRejected
+from protocols.read_plan import ReadRequest
+from protocols.registers import RegisterValue, Value, WriteRejected
 from transports.base import TransportContext
 from transports.modbus.device import WriteOp
-from transports.modbus.link import ModbusLink, RequestFailed
+from transports.modbus.link import ModbusLink, NoReply, RequestFailed
 from transports.modbus_bus.member import Member
 
 Queued = tuple[str, dict[str, Any], Member, list[WriteOp]]
@@ -34,10 +35,14 @@ class BusCommands:
     def _count(self, key: str, n: int = 1) -> None:
         raise NotImplementedError
 
-    async def _request(self, m: Member, what: str, *args: Any) -> Any:
+    async def _read_words(self, m: Member, request: ReadRequest) -> list[int] | list[bool]:
         raise NotImplementedError
 
-    async def _failed(self, m: Member, exc: RequestFailed, what: str) -> RequestFailed:
+    async def _write_words(self, m: Member, spec: RegisterValue,
+                           words: list[int] | list[bool]) -> None:
+        raise NotImplementedError
+
+    async def _failed(self, m: Member, exc: RequestFailed, what: str) -> None:
         raise NotImplementedError
 
     def _select(self, data: dict[str, Any]) -> list[Member] | str:
@@ -103,18 +108,17 @@ class BusCommands:
                 for op in ops:
                     current = 0
                     if op.needs_current:
-                        words = await self._request(m, "read", m.device.single_read(op.spec))
+                        words = await self._read_words(m, m.device.single_read(op.spec))
                         current = int(words[0])
-                    await self._request(m, "write", op.spec, op.words(current))
+                    await self._write_words(m, op.spec, op.words(current))
                     self._count("writes")
                 for op in ops:
                     request = m.device.single_read(op.spec)
-                    readback.update(m.device.decode(request,
-                                                    await self._request(m, "read", request)))
+                    readback.update(m.device.decode(request, await self._read_words(m, request)))
             except RequestFailed as exc:
-                failure = await self._failed(m, exc, "write")
-                result = "timeout" if exc.kind == "timeout" else "error"
-                await self._result(reply_to, data, m, result, str(failure), values=readback)
+                await self._failed(m, exc, "write")
+                result = "timeout" if isinstance(exc, NoReply) else "error"
+                await self._result(reply_to, data, m, result, str(exc), values=readback)
                 continue
             self.log.info("%s: %s: wrote %s", self._where, m.name, readback)
             await self._result(reply_to, data, m, "ok", values=readback)

@@ -9,17 +9,22 @@ from __future__ import annotations
 from protocols.read_plan import LinkCost, ReadRequest
 from protocols.registers import Value, load_map
 from transports.modbus.device import ModbusDevice
+from transports.modbus.link import CallPolicy
 from transports.modbus_bus.blocks import BlockMemory
 from transports.modbus_bus.settings import BusDevice
 
 
 class Member:
-    def __init__(self, cfg: BusDevice, link_cost: LinkCost | None) -> None:
+    def __init__(self, cfg: BusDevice, cost: LinkCost) -> None:
         self.cfg = cfg
         self.name = cfg.name
+        #: what a read of this device costs on this bus (its turnaround, the line's speed)
+        self.cost = cost
+        #: how each request to it is made: its own timeout, retries and pauses
+        self.policy = CallPolicy(cfg.timeout, cfg.retries, cfg.request_delay, cfg.connect_delay)
         regmap = load_map(cfg.protocol_version)
-        self.device = ModbusDevice(cfg.unit, regmap, batch_size=cfg.batch_size, link=link_cost)
-        self.blocks = BlockMemory(regmap, self.device.batch_size, link_cost)
+        self.device = ModbusDevice(cfg.unit, regmap, batch_size=cfg.batch_size, link=cost)
+        self.blocks = BlockMemory(regmap, self.device.batch_size, cost)
         self.serial = ""
         self.available: bool | None = None
         self.described = False

@@ -42,13 +42,14 @@ from gateway.settings import (
     TransportSettings,
     serial_identity,
 )
+from protocols.read_plan import DEFAULT_TURNAROUND
 from protocols.registers import MapError, available_maps, load_map, map_path
 from transports.modbus_bus.port_resolve import UsbSelector
 
 _DEVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 #: keys a device may set for itself; the same keys without prefix are the bus defaults
 DEVICE_DEFAULTS = ("read_interval", "timeout", "retries", "request_delay", "connect_delay",
-                   "offline_after", "quarantine_max", "batch_size")
+                   "offline_after", "quarantine_max", "batch_size", "turnaround")
 
 
 def check_map(value: str) -> str:
@@ -82,6 +83,8 @@ class BusDeviceSettings(Settings):
                                          description="longest wait between quarantine probes")
     batch_size: int | None = Field(default=None, ge=0, le=125,
                                    description="registers per read at most; 0 = the map's")
+    turnaround: float | None = Field(default=None, ge=0, le=10,
+                                     description="the device's think time per request (s)")
 
     @field_validator("protocol_version")
     @classmethod
@@ -104,6 +107,7 @@ class BusDevice:
     offline_after: int
     quarantine_max: float
     batch_size: int
+    turnaround: float
 
 
 def _custom(kind: str, message: str, key: str, given: Any) -> InitErrorDetails:
@@ -160,6 +164,9 @@ class BusSettings(TransportSettings):
                                   "device (backoff from its read_interval, doubling)")
     batch_size: int = Field(default=0, ge=0, le=125,
                             description="default registers per read; 0 = each map's limit")
+    turnaround: float = Field(default=DEFAULT_TURNAROUND, ge=0, le=10,
+                              description="default think time of a device per request (s), "
+                              "for planning reads")
     reconnect_max: float = Field(default=30.0, gt=0,
                                  description="longest wait between reconnects of the bus")
     device_settings: dict[str, BusDeviceSettings] = Field(

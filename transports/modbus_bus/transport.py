@@ -19,9 +19,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-import re
 import time
-from typing import Any, ClassVar
+from typing import ClassVar
 
 from gateway.backoff import Backoff, FailureLog
 from gateway.message import (
@@ -31,12 +30,19 @@ from gateway.message import (
     STATUS,
     describe_event,
 )
-from protocols.read_plan import LinkCost, ReadRequest
-from protocols.registers import Value
+from protocols.read_plan import ReadRequest
+from protocols.registers import RegisterValue, Value
 from transports import register
 from transports.base import Transport, TransportContext
-from transports.modbus.link import ModbusLink, RequestFailed
-from transports.modbus.settings import ModbusRtuSettings, ModbusSettings, ModbusTcpSettings
+from transports.modbus.link import (
+    Disconnected,
+    ExceptionReply,
+    LinkDescription,
+    ModbusLink,
+    RequestFailed,
+    SerialLine,
+    TcpEndpoint,
+)
 from transports.modbus_bus.blocks import READ, REFUSED, SPLIT, SPLIT_CODES, Learned, walk
 from transports.modbus_bus.commands import BusCommands, Queued
 from transports.modbus_bus.member import Member
@@ -44,9 +50,6 @@ from transports.modbus_bus.port_resolve import PortNotFound, resolve_port
 from transports.modbus_bus.schedule import BusSchedule, Change, Timing
 from transports.modbus_bus.settings import BusSettings, ModbusBusRtuSettings, ModbusBusTcpSettings
 
-#: a silent device is not a dead bus: never let pymodbus drop the link for missed replies
-NEVER_DISCONNECT = 1 << 30
-_CODE = re.compile(r"exception (\d+)")
 COUNTERS = ("scans", "probes", "requests", "exceptions", "timeouts", "garbled", "writes",
             "writes_rejected", "reconnects", "quarantines", "ranges_learned")
 #: what a block read came to, besides blocks.READ and blocks.SPLIT: another exception reply;
@@ -55,20 +58,13 @@ ERROR, SILENT, DOWN = "error", "silent", "down"
 ANSWERED = frozenset({READ, SPLIT, ERROR})
 
 
-def exception_code(exc: RequestFailed) -> int:
-    code = getattr(exc, "code", None)
-    if isinstance(code, int):
-        return code
-    match = _CODE.search(exc.detail)
-    return int(match.group(1)) if match else 0
-
-
-def link_cost(settings: BusSettings) -> LinkCost | None:
-    """The RTU line's cost model (planning and the load estimate); TCP plans as 19200 8N1."""
-    if not isinstance(settings, ModbusBusRtuSettings):
-        return LinkCost()
-    bits = 1 + settings.bytesize + (settings.parity != "N") + settings.stopbits
-    return LinkCost(baudrate=settings.baudrate, bits_per_char=bits)
+def link_description(settings: BusSettings, port: str = "") -> LinkDescription:
+    """The bus as a link; ``port``: the serial port it resolved to (for costs: any name)."""
+    if isinstance(settings, ModbusBusTcpSettings):
+        return TcpEndpoint(settings.host, settings.port)
+    assert isinstance(settings, ModbusBusRtuSettings)
+    return SerialLine(port or settings.where(), settings.baudrate, settings.parity,
+                      settings.stopbits, settings.bytesize)
 
 
 class ModbusBusTransport(BusCommands, Transport[BusSettings]):
@@ -76,16 +72,15 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
 
     def __init__(self, settings: BusSettings, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
-        self.cost = link_cost(settings)
-        self.members = {d.name: Member(d, self.cost) for d in settings.bus_devices()}
+        line = link_description(settings)
+        self.members = {d.name: Member(d, line.cost(d.turnaround))
+                        for d in settings.bus_devices()}
         self.schedule = BusSchedule(
             {m.name: Timing(m.cfg.read_interval, m.cfg.offline_after, m.cfg.quarantine_max)
              for m in self.members.values()}, time.monotonic())
         self.link: ModbusLink | None = None
         self._commands: asyncio.Queue[Queued] = asyncio.Queue()
         self._wake = asyncio.Event()
-        self._connected_at = 0.0
-        self._quiet_from = 0.0
         self._retry_at = 0.0
         self._ever_connected = False
         self._where = f"bus {settings.where()}"
@@ -110,55 +105,36 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
             self.log.info("%s: %s unit %d, map %s, %d requests per scan every %g s",
                           self._where, m.name, m.unit, m.device.map.name, len(plan),
                           m.cfg.read_interval)
-            if self.cost is not None:
-                demand += plan.cost(self.cost) / m.cfg.read_interval
-        if isinstance(self.settings, ModbusBusRtuSettings) and self.cost is not None:
+            demand += plan.cost(m.cost) / m.cfg.read_interval
+        if isinstance(self.settings, ModbusBusRtuSettings):
             self.log.log(logging.WARNING if demand > 1 else logging.INFO,
-                         "%s: wire time alone needs %.2f s of bus time per second at %d baud",
-                         self._where, demand, self.cost.baudrate)
+                         "%s: the planned reads need %.2f s of bus time per second at %d baud "
+                         "(turnarounds as set)", self._where, demand, self.settings.baudrate)
 
     async def close(self) -> None:
         if self.link is not None:
             self.link.close()
             self.link = None
 
-    def _link_settings(self) -> ModbusSettings:
-        s = self.settings
-        common: dict[str, Any] = {
-            "protocol_version": next(iter(self.members.values())).cfg.protocol_version,
-            "timeout": max(m.cfg.timeout for m in self.members.values()), "retries": 0,
-        }
-        if isinstance(s, ModbusBusTcpSettings):
-            return ModbusTcpSettings(transport="modbus_tcp", host=s.host, port=s.port, **common)
-        assert isinstance(s, ModbusBusRtuSettings)
-        return ModbusRtuSettings(
-            transport="modbus_rtu", port=resolve_port(s.port, s.selector()),
-            baudrate=s.baudrate, parity=s.parity, stopbits=s.stopbits, bytesize=s.bytesize,
-            **common)
-
     async def _open(self) -> bool:
         if self.link is not None:
             self.link.close()
             self.link = None
             self._count("reconnects")
+        s = self.settings
         try:
-            link = ModbusLink(self._link_settings())
+            port = resolve_port(s.port, s.selector()) if isinstance(
+                s, ModbusBusRtuSettings) else ""
         except PortNotFound as exc:
             self._failure.failed(exc)
             return False
+        link = ModbusLink(link_description(s, port),
+                          connect_timeout=max(m.cfg.timeout for m in self.members.values()))
         if not await link.connect():
             link.close()
             self._failure.failed(f"cannot open {self.settings.where()}")
             return False
-        assert link.client is not None
-        # pymodbus 3.16 (pinned) closes a TCP link after retries+3 unanswered requests in a
-        # row, counting from the connect: behind a gateway that is one dead device, not a
-        # dead link. Timeouts and retries are set per request in _request (ctx is the client's
-        # transaction manager, which owns both).
-        link.client.set_max_no_responses(NEVER_DISCONNECT)
-        link.client.ctx.count_until_disconnect = NEVER_DISCONNECT
         self.link = link
-        self._connected_at = time.monotonic()
         self._backoff.reset()
         self._failure.recovered()
         for m in self.members.values():
@@ -269,16 +245,18 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
                 steps.close()
                 return values, DOWN
             try:
-                words = await self._request(m, "read", current)
+                words = await self._read_words(m, current)
                 values.update(m.device.decode(current, words))
                 outcome = READ
             except RequestFailed as exc:
                 what = f"read {current.table} {current.address}+{current.count}"
                 await self._failed(m, exc, what)
-                if exc.kind == "exception":
-                    outcome = REFUSED if exception_code(exc) in SPLIT_CODES else ERROR
+                if isinstance(exc, ExceptionReply):
+                    outcome = REFUSED if exc.code in SPLIT_CODES else ERROR
+                elif isinstance(exc, Disconnected):
+                    outcome = DOWN
                 else:
-                    outcome = DOWN if exc.kind == "disconnected" else SILENT
+                    outcome = SILENT
             try:
                 current = steps.send(outcome)
             except StopIteration as stop:
@@ -291,48 +269,42 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
                              "not read through any more")
         return values, result
 
-    async def _request(self, m: Member, what: str, *args: Any) -> Any:
-        """One request to ``m`` with its pauses, timeout and retries; the outcome is noted."""
-        link = self.link
-        if link is None or link.client is None:
-            raise RequestFailed("disconnected", "not connected")
-        ready = max(self._quiet_from + m.cfg.request_delay,
-                    self._connected_at + m.cfg.connect_delay)
-        pause = ready - time.monotonic()
-        if pause > 0:
-            await asyncio.sleep(pause)
-        link.client.ctx.comm_params.timeout_connect = m.cfg.timeout
-        link.client.ctx.retries = m.cfg.retries
+    def _live_link(self) -> ModbusLink:
+        if self.link is None:
+            raise Disconnected()
         self._count("requests")
-        try:
-            result = await getattr(link, what)(m.unit, *args)
-        finally:
-            self._quiet_from = time.monotonic()
+        return self.link
+
+    async def _read_words(self, m: Member, request: ReadRequest) -> list[int] | list[bool]:
+        """One read from ``m`` with its own pauses, timeout and retries; an answer noted."""
+        words = await self._live_link().read(m.unit, request, m.policy)
+        await self._heard(m)
+        return words
+
+    async def _write_words(self, m: Member, spec: RegisterValue,
+                           words: list[int] | list[bool]) -> None:
+        await self._live_link().write(m.unit, spec, words, m.policy)
+        await self._heard(m)
+
+    async def _heard(self, m: Member) -> None:
         await self._change(self.schedule.answered(m.name))
         self._silence[m.name].recovered()
-        return result
 
-    async def _failed(self, m: Member, exc: RequestFailed, what: str) -> RequestFailed:
-        """Count, log and tell the schedule; returns the failure as worded for ``m``."""
-        key = {"exception": "exceptions", "timeout": "timeouts", "garbled": "garbled"}.get(
-            exc.kind)
-        if exc.kind == "timeout":  # the link's text names the bus-wide ceiling, not m's own
-            exc = RequestFailed("timeout", f"no reply within {m.cfg.timeout:g} s"
-                                + (f" ({m.cfg.retries + 1} tries)" if m.cfg.retries else ""))
+    async def _failed(self, m: Member, exc: RequestFailed, what: str) -> None:
+        """Count, log and tell the schedule."""
         self.ctx.counters.error(f"{m.name}: {what}: {exc}")
-        if key is None:  # disconnected: the bus's business, not the device's
-            return exc
-        self._count(key)
-        if exc.kind == "exception":
+        if isinstance(exc, Disconnected):  # the bus's business, not the device's
+            return
+        self._count(exc.counter)
+        if isinstance(exc, ExceptionReply):
             await self._change(self.schedule.answered(m.name))
-            seen = (m.name, what, exception_code(exc))
+            seen = (m.name, what, exc.code)
             level = logging.DEBUG if seen in self._refusals_seen else logging.WARNING
             self._refusals_seen.add(seen)
             self.log.log(level, "%s: %s: %s: %s", self._where, m.name, what, exc)
-            return exc
+            return
         self._silence[m.name].failed(f"{what}: {exc}")
         await self._change(self.schedule.failed(m.name))
-        return exc
 
     async def _change(self, change: Change | None) -> None:
         if change is None:
