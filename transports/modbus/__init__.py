@@ -2,7 +2,7 @@
 
 - ``settings.py``  the section keys (validated at load, map names checked there)
 - ``device.py``    one device: unit id + map + read plan + decoder + write checks (no I/O)
-- ``link.py``      the pymodbus client: one request at a time, errors sorted by kind
+- ``link.py``      the one wrapper of pymodbus (shared with modbus_bus): typed failures
 - ``transport.py`` the scan loop, commands, availability, reconnect with backoff
 """
 
