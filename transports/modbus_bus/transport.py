@@ -270,6 +270,7 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
         return values, result
 
     def _live_link(self) -> ModbusLink:
+        """The link for one more request (counted), or Disconnected."""
         if self.link is None:
             raise Disconnected()
         self._count("requests")
