@@ -133,9 +133,6 @@ class ReadPlan:
     def cost(self, link: LinkCost) -> float:
         return sum(link.seconds(r.table, r.count) for r in self.requests)
 
-    def wire_bytes(self, link: LinkCost) -> int:
-        return sum(sum(link.frame_bytes(r.table, r.count)) for r in self.requests)
-
     def registers_read(self) -> int:
         return sum(r.count for r in self.requests)
 

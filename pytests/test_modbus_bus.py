@@ -24,11 +24,14 @@ from serial.tools.list_ports_common import ListPortInfo
 
 from gateway.config import ConfigError, effective_settings, load_config, render_ini
 from gateway.message import Envelope
+from gateway.settings import GeneralSettings
 from protocols.registers import load_map
 from pytests.helpers import Harness, async_wait_for, free_port, wait_for
 from simulators.modbus_bus import BusSimulator
 from transports import get
+from transports.base import TransportContext
 from transports.modbus_bus import ModbusBusRtuTransport, ModbusBusTcpTransport
+from transports.modbus_bus.commands import MAX_QUEUED
 from transports.modbus_bus.port_resolve import PortNotFound, UsbSelector
 from transports.modbus_bus.settings import ModbusBusRtuSettings, ModbusBusTcpSettings
 
@@ -526,3 +529,31 @@ def test_the_documented_sample_runs_against_the_simulator_command_line(tmp_path:
         proc.terminate()
         proc.wait(timeout=20)
     wait_for(lambda: not link.exists())
+
+
+def test_writes_waiting_for_the_line_are_bounded(tmp_path: Path) -> None:
+    """A burst of writes while the bus cannot serve them: the queue holds MAX_QUEUED, the
+    rest are answered "busy" at once, and nothing is lost silently."""
+    answers: list[dict[str, Any]] = []
+
+    async def emit(envelope: Envelope) -> None:
+        if envelope.data.get("event") == "command_result":
+            answers.append(envelope.data)
+
+    async def main() -> None:
+        settings = ModbusBusTcpSettings(transport="modbus_bus_tcp", port=free_port(), **KEYS)
+        ctx = TransportContext("bus", GeneralSettings(state_dir=str(tmp_path)), emit,
+                               logging.getLogger("test"))
+        transport = ModbusBusTcpTransport(settings, ctx)  # never connected: nothing is served
+        for i in range(MAX_QUEUED + 3):
+            await transport.receive(Envelope("mqtt_out", "command", {
+                "command": "write", "device": "inverter", "request_id": f"w{i}",
+                "values": {"charge_power_percent": 50}}))
+        assert [a["request_id"] for a in answers] == [f"w{i}" for i in range(MAX_QUEUED,
+                                                                              MAX_QUEUED + 3)]
+        assert {a["result"] for a in answers} == {"busy"}
+        await transport.commands.serve()  # the bus is down: each queued write gets its answer
+        assert len(answers) == MAX_QUEUED + 3
+        assert {a["result"] for a in answers[3:]} == {"error"}
+
+    asyncio.run(main())

@@ -1,49 +1,70 @@
 """Commands for the devices of a bus: which device a command is for, and writes served
 between two requests of the scans (a write never waits for another device's whole scan).
 
-A mixin of :class:`transports.modbus_bus.transport.ModbusBusTransport`, apart so that each
-file holds one concern; it uses the transport's members, link and request path, declared
-below for the reader (and the type checker).
+:class:`BusCommands` owns the queue of accepted writes; the bus (:class:`BusRequests`, the
+transport) owns the link and the request path, and serves the queue between two requests.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Protocol
 
 from gateway.message import EVENT, Envelope, command_result, describe_event
 from protocols.read_plan import ReadRequest
 from protocols.registers import RegisterValue, Value, WriteRejected
 from transports.base import TransportContext
 from transports.modbus.device import WriteOp
-from transports.modbus.link import ModbusLink, NoReply, RequestFailed
+from transports.modbus.link import NoReply, RequestFailed
 from transports.modbus_bus.member import Member
 
-Queued = tuple[str, dict[str, Any], Member, list[WriteOp]]
+#: accepted writes waiting for the line; more are answered "busy" (a bounded queue)
+MAX_QUEUED = 32
+
+
+class BusRequests(Protocol):
+    """What serving a command needs from the bus: its request path."""
+
+    @property
+    def connected(self) -> bool: ...
+
+    def count(self, key: str, n: int = 1) -> None: ...
+
+    async def read_words(self, m: Member, request: ReadRequest) -> list[int] | list[bool]: ...
+
+    async def write_words(self, m: Member, spec: RegisterValue,
+                          words: list[int] | list[bool]) -> None: ...
+
+    async def failed(self, m: Member, exc: RequestFailed, what: str) -> None: ...
+
+
+@dataclass(frozen=True)
+class _Queued:
+    """An accepted write: who asked, the command, its device and the checked operations."""
+
+    reply_to: str
+    data: dict[str, Any]
+    m: Member
+    ops: list[WriteOp]
 
 
 class BusCommands:
-    members: dict[str, Member]
-    ctx: TransportContext
-    log: logging.Logger
-    link: ModbusLink | None
-    _commands: asyncio.Queue[Queued]
-    _wake: asyncio.Event
-    _where: str
+    def __init__(self, bus: BusRequests, members: dict[str, Member], ctx: TransportContext,
+                 log: logging.Logger, where: str) -> None:
+        self.bus = bus
+        self.members = members
+        self.ctx = ctx
+        self.log = log
+        self.where = where
+        self.queue: asyncio.Queue[_Queued] = asyncio.Queue(maxsize=MAX_QUEUED)
+        #: set when a write is queued, so that an idle bus serves it at once
+        self.wake = asyncio.Event()
 
-    def _count(self, key: str, n: int = 1) -> None:
-        raise NotImplementedError
-
-    async def _read_words(self, m: Member, request: ReadRequest) -> list[int] | list[bool]:
-        raise NotImplementedError
-
-    async def _write_words(self, m: Member, spec: RegisterValue,
-                           words: list[int] | list[bool]) -> None:
-        raise NotImplementedError
-
-    async def _failed(self, m: Member, exc: RequestFailed, what: str) -> None:
-        raise NotImplementedError
+    @property
+    def pending(self) -> bool:
+        return not self.queue.empty()
 
     def _select(self, data: dict[str, Any]) -> list[Member] | str:
         """The members a command is for, or why none."""
@@ -72,21 +93,29 @@ class BusCommands:
                                     info=m.info(self.ctx.name))
             await self._result(reply_to, data, chosen[0], "ok")
         elif command == "write":
-            m = chosen[0]
-            try:
-                ops = m.device.check_write(data.get("values"))
-            except WriteRejected as exc:
-                self._count("writes_rejected")
-                self.ctx.counters.error(f"{m.name}: write rejected: {exc}")
-                self.log.warning("%s: %s: write rejected: %s", self._where, m.name, exc)
-                await self._result(reply_to, data, m, "rejected", str(exc))
-                return
-            self._commands.put_nowait((reply_to, data, m, ops))
-            self._wake.set()
+            await self._accept_write(reply_to, data, chosen[0])
         else:
             self.ctx.counters.error(f"unsupported command {command!r}")
             await self._result(reply_to, data, chosen[0], "unsupported",
                                f"unknown command {command!r}; known: write, describe")
+
+    async def _accept_write(self, reply_to: str, data: dict[str, Any], m: Member) -> None:
+        try:
+            ops = m.device.check_write(data.get("values"))
+        except WriteRejected as exc:
+            self.bus.count("writes_rejected")
+            self.ctx.counters.error(f"{m.name}: write rejected: {exc}")
+            self.log.warning("%s: %s: write rejected: %s", self.where, m.name, exc)
+            await self._result(reply_to, data, m, "rejected", str(exc))
+            return
+        try:
+            self.queue.put_nowait(_Queued(reply_to, data, m, ops))
+        except asyncio.QueueFull:
+            self.ctx.counters.error(f"{m.name}: write refused: {MAX_QUEUED} writes waiting")
+            await self._result(reply_to, data, m, "busy",
+                               f"{MAX_QUEUED} writes are already waiting for the bus")
+            return
+        self.wake.set()
 
     async def _result(self, target: str, command: dict[str, Any], m: Member | None,
                       result: str, detail: str = "", **extra: Any) -> None:
@@ -96,29 +125,31 @@ class BusCommands:
                                                   **extra),
                             target=target, info=info)
 
-    async def _serve_commands(self) -> None:
+    async def serve(self) -> None:
         """Queued writes, between two requests of the scans (they jump the queue)."""
-        while not self._commands.empty():
-            reply_to, data, m, ops = self._commands.get_nowait()
-            if self.link is None or not self.link.connected:
+        while not self.queue.empty():
+            item = self.queue.get_nowait()
+            reply_to, data, m = item.reply_to, item.data, item.m
+            if not self.bus.connected:
                 await self._result(reply_to, data, m, "error", "bus not connected")
                 continue
             readback: dict[str, Value] = {}
             try:
-                for op in ops:
+                for op in item.ops:
                     current = 0
                     if op.needs_current:
-                        words = await self._read_words(m, m.device.single_read(op.spec))
+                        words = await self.bus.read_words(m, m.device.single_read(op.spec))
                         current = int(words[0])
-                    await self._write_words(m, op.spec, op.words(current))
-                    self._count("writes")
-                for op in ops:
+                    await self.bus.write_words(m, op.spec, op.words(current))
+                    self.bus.count("writes")
+                for op in item.ops:
                     request = m.device.single_read(op.spec)
-                    readback.update(m.device.decode(request, await self._read_words(m, request)))
+                    readback.update(m.device.decode(request,
+                                                    await self.bus.read_words(m, request)))
             except RequestFailed as exc:
-                await self._failed(m, exc, "write")
+                await self.bus.failed(m, exc, "write")
                 result = "timeout" if isinstance(exc, NoReply) else "error"
                 await self._result(reply_to, data, m, result, str(exc), values=readback)
                 continue
-            self.log.info("%s: %s: wrote %s", self._where, m.name, readback)
+            self.log.info("%s: %s: wrote %s", self.where, m.name, readback)
             await self._result(reply_to, data, m, "ok", values=readback)

@@ -28,6 +28,7 @@ from gateway.message import (
     EVENT,
     READING,
     STATUS,
+    Envelope,
     describe_event,
 )
 from protocols.read_plan import ReadRequest
@@ -44,7 +45,7 @@ from transports.modbus.link import (
     TcpEndpoint,
 )
 from transports.modbus_bus.blocks import READ, REFUSED, SPLIT, SPLIT_CODES, Learned, walk
-from transports.modbus_bus.commands import BusCommands, Queued
+from transports.modbus_bus.commands import BusCommands
 from transports.modbus_bus.member import Member
 from transports.modbus_bus.port_resolve import PortNotFound, resolve_port
 from transports.modbus_bus.schedule import BusSchedule, Change, Timing
@@ -67,7 +68,7 @@ def link_description(settings: BusSettings, port: str = "") -> LinkDescription:
                       settings.stopbits, settings.bytesize)
 
 
-class ModbusBusTransport(BusCommands, Transport[BusSettings]):
+class ModbusBusTransport(Transport[BusSettings]):
     accepts: ClassVar[frozenset[str]] = frozenset({COMMAND})
 
     def __init__(self, settings: BusSettings, ctx: TransportContext) -> None:
@@ -79,8 +80,6 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
             {m.name: Timing(m.cfg.read_interval, m.cfg.offline_after, m.cfg.quarantine_max)
              for m in self.members.values()}, time.monotonic())
         self.link: ModbusLink | None = None
-        self._commands: asyncio.Queue[Queued] = asyncio.Queue()
-        self._wake = asyncio.Event()
         self._retry_at = 0.0
         self._ever_connected = False
         self._where = f"bus {settings.where()}"
@@ -92,9 +91,17 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
                                 maximum=settings.reconnect_max)
         for key in COUNTERS:
             ctx.counters.extra.setdefault(key, 0)
+        self.commands = BusCommands(self, self.members, ctx, self.log, self._where)
 
-    def _count(self, key: str, n: int = 1) -> None:
+    def count(self, key: str, n: int = 1) -> None:
         self.ctx.counters.extra[key] = int(self.ctx.counters.extra.get(key, 0)) + n
+
+    @property
+    def connected(self) -> bool:
+        return self.link is not None and self.link.connected
+
+    async def receive(self, envelope: Envelope) -> None:
+        await self.commands.receive(envelope)
 
     # ------------------------------------------------------------------ life
     async def connect(self) -> None:
@@ -120,7 +127,7 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
         if self.link is not None:
             self.link.close()
             self.link = None
-            self._count("reconnects")
+            self.count("reconnects")
         s = self.settings
         try:
             port = resolve_port(s.port, s.selector()) if isinstance(
@@ -146,7 +153,7 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
             if self.link is None or not self.link.connected:
                 now = time.monotonic()
                 if now < self._retry_at:
-                    await self._serve_commands()
+                    await self.commands.serve()
                     await self._idle(self._retry_at - now)
                     continue
                 if not await self._open():
@@ -154,7 +161,7 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
                     delay = self._backoff.next_delay() or self.settings.reconnect_max
                     self._retry_at = time.monotonic() + delay
                     continue
-            await self._serve_commands()
+            await self.commands.serve()
             slot = self.schedule.upcoming()
             wait = slot.due - time.monotonic()
             if wait > 0:
@@ -170,10 +177,10 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
 
     async def _idle(self, seconds: float) -> None:
         """Wait ``seconds``, or less when a command arrives or the transport stops."""
-        if not self._commands.empty() or self.ctx.stopping.is_set():
+        if self.commands.pending or self.ctx.stopping.is_set():
             return
-        self._wake.clear()
-        waiters = {asyncio.ensure_future(self._wake.wait()),
+        self.commands.wake.clear()
+        waiters = {asyncio.ensure_future(self.commands.wake.wait()),
                    asyncio.ensure_future(self.ctx.stopping.wait())}
         try:
             await asyncio.wait(waiters, timeout=max(0.0, seconds),
@@ -197,7 +204,7 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
         quarantine then comes after ``offline_after`` such scans, spread over its interval."""
         started = time.monotonic()
         probe = self.schedule.begin(m.name, started)
-        self._count("probes" if probe else "scans")
+        self.count("probes" if probe else "scans")
         requests = m.ordered()[:1] if probe else m.ordered()
         values: dict[str, Value] = {}
         busy = 0.0
@@ -205,7 +212,7 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
         for request in requests:
             if not self._usable(m, probe):
                 break
-            await self._serve_commands()
+            await self.commands.serve()
             begun = time.monotonic()
             got, outcome = await self._read_block(m, request)
             busy += time.monotonic() - begun
@@ -245,12 +252,12 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
                 steps.close()
                 return values, DOWN
             try:
-                words = await self._read_words(m, current)
+                words = await self.read_words(m, current)
                 values.update(m.device.decode(current, words))
                 outcome = READ
             except RequestFailed as exc:
                 what = f"read {current.table} {current.address}+{current.count}"
-                await self._failed(m, exc, what)
+                await self.failed(m, exc, what)
                 if isinstance(exc, ExceptionReply):
                     outcome = REFUSED if exc.code in SPLIT_CODES else ERROR
                 elif isinstance(exc, Disconnected):
@@ -263,7 +270,7 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
                 result = str(stop.value)
                 break
         for item in learned:
-            self._count("ranges_learned")
+            self.count("ranges_learned")
             self.log.warning("%s: %s: %s refused by the device (exception reply); %s", self._where,
                              m.name, item, "left out of later scans" if item.names else
                              "not read through any more")
@@ -273,16 +280,16 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
         """The link for one more request (counted), or Disconnected."""
         if self.link is None:
             raise Disconnected()
-        self._count("requests")
+        self.count("requests")
         return self.link
 
-    async def _read_words(self, m: Member, request: ReadRequest) -> list[int] | list[bool]:
+    async def read_words(self, m: Member, request: ReadRequest) -> list[int] | list[bool]:
         """One read from ``m`` with its own pauses, timeout and retries; an answer noted."""
         words = await self._live_link().read(m.unit, request, m.policy)
         await self._heard(m)
         return words
 
-    async def _write_words(self, m: Member, spec: RegisterValue,
+    async def write_words(self, m: Member, spec: RegisterValue,
                            words: list[int] | list[bool]) -> None:
         await self._live_link().write(m.unit, spec, words, m.policy)
         await self._heard(m)
@@ -291,12 +298,12 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
         await self._change(self.schedule.answered(m.name))
         self._silence[m.name].recovered()
 
-    async def _failed(self, m: Member, exc: RequestFailed, what: str) -> None:
+    async def failed(self, m: Member, exc: RequestFailed, what: str) -> None:
         """Count, log and tell the schedule."""
         self.ctx.counters.error(f"{m.name}: {what}: {exc}")
         if isinstance(exc, Disconnected):  # the bus's business, not the device's
             return
-        self._count(exc.counter)
+        self.count(exc.counter)
         if isinstance(exc, ExceptionReply):
             await self._change(self.schedule.answered(m.name))
             seen = (m.name, what, exc.code)
@@ -312,7 +319,7 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
             return
         m = self.members[change.name]
         if not change.available:
-            self._count("quarantines")
+            self.count("quarantines")
             self.log.warning("%s: %s quarantined (%s); probing with backoff up to %g s",
                              self._where, m.name, change.reason, m.cfg.quarantine_max)
         else:
