@@ -1,4 +1,5 @@
-"""Many Modbus devices on one RS485 bus (or one TCP gateway): ``modbus_bus``, ``modbus_bus_tcp``.
+"""Many Modbus devices on one RS485 bus (or one TCP gateway): ``modbus_bus``, ``modbus_bus_tcp``;
+and one device (``modbus_tcp``, ``modbus_rtu``) as a bus of one, by the same code.
 
 - ``settings.py``     the bus and its devices in one INI section (dotted keys), checked at load
 - ``port_resolve.py`` stable serial names: by-id paths, or the USB adapter by VID:PID/serial
@@ -9,6 +10,12 @@
 - ``commands.py``     which device a command is for; writes served between two requests
 """
 
-from transports.modbus_bus.transport import ModbusBusRtuTransport, ModbusBusTcpTransport
+from transports.modbus_bus.transport import (
+    ModbusBusRtuTransport,
+    ModbusBusTcpTransport,
+    ModbusRtuTransport,
+    ModbusTcpTransport,
+)
 
-__all__ = ["ModbusBusRtuTransport", "ModbusBusTcpTransport"]
+__all__ = ["ModbusBusRtuTransport", "ModbusBusTcpTransport", "ModbusRtuTransport",
+           "ModbusTcpTransport"]

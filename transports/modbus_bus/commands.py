@@ -77,6 +77,9 @@ class BusCommands:
         for m in self.members.values():
             if wanted in m.names(self.ctx.name):
                 return [m]
+        only = next(iter(self.members.values()))
+        if only.sole:
+            return f"no device {data['device']!r} here (this is unit {only.unit}, {self.ctx.name})"
         return f"no device {data['device']!r} on this bus (devices: {', '.join(self.members)})"
 
     async def receive(self, envelope: Envelope) -> None:
@@ -143,6 +146,8 @@ class BusCommands:
                     await self.bus.write_words(m, op.spec, op.words(current))
                     self.bus.count("writes")
                 for op in item.ops:
+                    if not op.spec.readable:  # write-only: nothing to read back
+                        continue
                     request = m.device.single_read(op.spec)
                     readback.update(m.device.decode(request,
                                                     await self.bus.read_words(m, request)))

@@ -2,6 +2,8 @@
 
 Each member is its own device in the envelopes (``source_transport_info``), so MQTT and Home
 Assistant show one device per member, and takes its own commands (``"device": <name>``).
+The sole member of a ``modbus_tcp``/``modbus_rtu`` section keeps that kind's identity (the
+map's device name, ``<map>_<serial or unit>``), so its Home Assistant entities stay the same.
 """
 
 from __future__ import annotations
@@ -15,9 +17,10 @@ from transports.modbus_bus.settings import BusDevice
 
 
 class Member:
-    def __init__(self, cfg: BusDevice, cost: LinkCost) -> None:
+    def __init__(self, cfg: BusDevice, cost: LinkCost, *, sole: bool = False) -> None:
         self.cfg = cfg
         self.name = cfg.name
+        self.sole = sole
         #: what a read of this device costs on this bus (its turnaround, the line's speed)
         self.cost = cost
         #: how each request to it is made: its own timeout, retries and pauses
@@ -47,6 +50,8 @@ class Member:
     def info(self, transport_name: str) -> dict[str, str]:
         """The device's identity: map + serial when known, else bus section + device name."""
         info = self.device.info(transport_name, self.serial)
+        if self.sole:
+            return info
         if not self.serial:
             info["device_identifier"] = f"{transport_name}_{self.name}".lower()
         info["device_name"] = self.name
@@ -55,8 +60,9 @@ class Member:
 
     def names(self, transport_name: str) -> set[str]:
         """What a command's ``"device"`` may say to mean this member (either identifier)."""
-        return {self.name, str(self.unit), f"{transport_name}_{self.name}".lower(),
-                self.info(transport_name)["device_identifier"]}
+        names = {self.name, str(self.unit), f"{transport_name}_{self.name}".lower(),
+                 self.info(transport_name)["device_identifier"]}
+        return names | {transport_name.lower()} if self.sole else names
 
     def note_serial(self, values: dict[str, Value]) -> None:
         serial_name = self.device.map.meta.get("serial_number", "")

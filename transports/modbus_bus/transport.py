@@ -1,4 +1,5 @@
-"""The ``modbus_bus`` (RS485) and ``modbus_bus_tcp`` (a TCP gateway to RS485) transports.
+"""The ``modbus_bus`` (RS485) and ``modbus_bus_tcp`` (a TCP gateway to RS485) transports,
+and ``modbus_tcp``/``modbus_rtu`` (one device) as buses of one member.
 
 One process owns the serial port (or the gateway connection) and polls every device on it:
 one request at a time, the device to serve next chosen by :mod:`.schedule`, commands served
@@ -44,12 +45,22 @@ from transports.modbus.link import (
     SerialLine,
     TcpEndpoint,
 )
+from transports.modbus.settings import ModbusRtuSettings, ModbusSettings, ModbusTcpSettings
 from transports.modbus_bus.blocks import READ, REFUSED, SPLIT, SPLIT_CODES, Learned, walk
 from transports.modbus_bus.commands import BusCommands
 from transports.modbus_bus.member import Member
 from transports.modbus_bus.port_resolve import PortNotFound, resolve_port
 from transports.modbus_bus.schedule import BusSchedule, Change, Timing
-from transports.modbus_bus.settings import BusSettings, ModbusBusRtuSettings, ModbusBusTcpSettings
+from transports.modbus_bus.settings import (
+    BusDevice,
+    BusSettings,
+    ModbusBusRtuSettings,
+    ModbusBusTcpSettings,
+)
+
+#: a bus section (``modbus_bus``, ``modbus_bus_tcp``) or one device's (``modbus_tcp``,
+#: ``modbus_rtu``): the same transport, the latter a bus of one
+AnySettings = BusSettings | ModbusSettings
 
 COUNTERS = ("scans", "probes", "requests", "exceptions", "timeouts", "garbled", "writes",
             "writes_rejected", "reconnects", "quarantines", "ranges_learned")
@@ -59,33 +70,54 @@ ERROR, SILENT, DOWN = "error", "silent", "down"
 ANSWERED = frozenset({READ, SPLIT, ERROR})
 
 
-def link_description(settings: BusSettings, port: str = "") -> LinkDescription:
+def link_description(settings: AnySettings, port: str = "") -> LinkDescription:
     """The bus as a link; ``port``: the serial port it resolved to (for costs: any name)."""
-    if isinstance(settings, ModbusBusTcpSettings):
+    if isinstance(settings, ModbusBusTcpSettings | ModbusTcpSettings):
         return TcpEndpoint(settings.host, settings.port)
-    assert isinstance(settings, ModbusBusRtuSettings)
+    assert isinstance(settings, ModbusBusRtuSettings | ModbusRtuSettings)
     return SerialLine(port or settings.where(), settings.baudrate, settings.parity,
                       settings.stopbits, settings.bytesize)
 
 
-class ModbusBusTransport(Transport[BusSettings]):
+def sole_device(settings: ModbusSettings) -> BusDevice:
+    """A ``modbus_tcp``/``modbus_rtu`` section as the one device of its bus, same keys: a
+    device is reported unavailable after ``offline_after`` requests in a row without an
+    answer (for a dead device, scans: a scan whose first request gets none ends there), then
+    probed with backoff up to ``reconnect_max``."""
+    return BusDevice(
+        name="device", unit=settings.address,
+        protocol_version=settings.protocol_version, read_interval=settings.read_interval,
+        timeout=settings.timeout, retries=settings.retries,
+        request_delay=settings.request_delay, connect_delay=0.0,
+        offline_after=settings.offline_after, quarantine_max=settings.reconnect_max,
+        batch_size=settings.batch_size, turnaround=settings.turnaround)
+
+
+class ModbusBusTransport(Transport[AnySettings]):
     accepts: ClassVar[frozenset[str]] = frozenset({COMMAND})
 
-    def __init__(self, settings: BusSettings, ctx: TransportContext) -> None:
+    def __init__(self, settings: AnySettings, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
-        line = link_description(settings)
-        self.members = {d.name: Member(d, line.cost(d.turnaround))
-                        for d in settings.bus_devices()}
+        self.line = link_description(settings)
+        if isinstance(settings, ModbusSettings):
+            devices, sole = [sole_device(settings)], True
+            self._where = f"{settings.where()} unit {settings.address}"
+            self._down = "cannot connect"
+        else:
+            devices, sole = settings.bus_devices(), False
+            self._where = f"bus {settings.where()}"
+            self._down = "bus not connected"
+        self.members = {d.name: Member(d, self.line.cost(d.turnaround), sole=sole)
+                        for d in devices}
         self.schedule = BusSchedule(
             {m.name: Timing(m.cfg.read_interval, m.cfg.offline_after, m.cfg.quarantine_max)
              for m in self.members.values()}, time.monotonic())
         self.link: ModbusLink | None = None
         self._retry_at = 0.0
         self._ever_connected = False
-        self._where = f"bus {settings.where()}"
         self._failure = FailureLog(self.log, f"modbus {self._where}")
-        self._silence = {n: FailureLog(self.log, f"{self._where} device {n}")
-                         for n in self.members}
+        self._silence = {n: FailureLog(self.log, self._where if sole else
+                                       f"{self._where} device {n}") for n in self.members}
         self._refusals_seen: set[tuple[str, str, int]] = set()
         self._backoff = Backoff(initial=min(1.0, settings.reconnect_max),
                                 maximum=settings.reconnect_max)
@@ -113,10 +145,10 @@ class ModbusBusTransport(Transport[BusSettings]):
                           self._where, m.name, m.unit, m.device.map.name, len(plan),
                           m.cfg.read_interval)
             demand += plan.cost(m.cost) / m.cfg.read_interval
-        if isinstance(self.settings, ModbusBusRtuSettings):
+        if isinstance(self.line, SerialLine):
             self.log.log(logging.WARNING if demand > 1 else logging.INFO,
                          "%s: the planned reads need %.2f s of bus time per second at %d baud "
-                         "(turnarounds as set)", self._where, demand, self.settings.baudrate)
+                         "(turnarounds as set)", self._where, demand, self.line.baudrate)
 
     async def close(self) -> None:
         if self.link is not None:
@@ -157,7 +189,7 @@ class ModbusBusTransport(Transport[BusSettings]):
                     await self._idle(self._retry_at - now)
                     continue
                 if not await self._open():
-                    await self._all_unavailable("bus not connected")
+                    await self._all_unavailable(self._down)
                     delay = self._backoff.next_delay() or self.settings.reconnect_max
                     self._retry_at = time.monotonic() + delay
                     continue
@@ -345,3 +377,19 @@ class ModbusBusRtuTransport(ModbusBusTransport):
 class ModbusBusTcpTransport(ModbusBusTransport):
     kind: ClassVar[str] = "modbus_bus_tcp"
     Settings: ClassVar[type[BusSettings]] = ModbusBusTcpSettings
+
+
+@register
+class ModbusTcpTransport(ModbusBusTransport):
+    """One Modbus TCP device: a bus of one (``docs/transports/modbus.md``)."""
+
+    kind: ClassVar[str] = "modbus_tcp"
+    Settings: ClassVar[type[ModbusSettings]] = ModbusTcpSettings
+
+
+@register
+class ModbusRtuTransport(ModbusBusTransport):
+    """One Modbus RTU device on its own serial line: a bus of one."""
+
+    kind: ClassVar[str] = "modbus_rtu"
+    Settings: ClassVar[type[ModbusSettings]] = ModbusRtuSettings
