@@ -9,6 +9,18 @@ from protocols.read_plan import DEFAULT_TURNAROUND
 from protocols.registers import MapError, available_maps, load_map, map_path
 
 
+def check_map(value: str) -> str:
+    """A map name or path that exists and loads (checked once, at load; every Modbus kind)."""
+    if not map_path(value).exists():
+        raise ValueError(f"unknown protocol_version {value!r}; available: "
+                         f"{', '.join(available_maps())} (or a path to a .csv map)")
+    try:
+        load_map(value)
+    except MapError as exc:
+        raise ValueError(f"register map {value!r} is invalid: {exc}") from None
+    return value
+
+
 class ModbusSettings(TransportSettings):
     """Keys both Modbus kinds share."""
 
@@ -41,17 +53,7 @@ class ModbusSettings(TransportSettings):
     @field_validator("protocol_version")
     @classmethod
     def _known_map(cls, value: str) -> str:
-        path = map_path(value)
-        if not path.exists():
-            raise ValueError(
-                f"unknown protocol_version {value!r}; available: {', '.join(available_maps())} "
-                "(or a path to a .csv map)"
-            )
-        try:
-            load_map(value)
-        except MapError as exc:
-            raise ValueError(f"register map {value!r} is invalid: {exc}") from None
-        return value
+        return check_map(value)
 
     def where(self) -> str:
         raise NotImplementedError

@@ -43,25 +43,13 @@ from gateway.settings import (
     serial_identity,
 )
 from protocols.read_plan import DEFAULT_TURNAROUND
-from protocols.registers import MapError, available_maps, load_map, map_path
+from transports.modbus.settings import check_map
 from transports.modbus_bus.port_resolve import UsbSelector
 
 _DEVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
 #: keys a device may set for itself; the same keys without prefix are the bus defaults
 DEVICE_DEFAULTS = ("read_interval", "timeout", "retries", "request_delay", "connect_delay",
                    "offline_after", "quarantine_max", "batch_size", "turnaround")
-
-
-def check_map(value: str) -> str:
-    """A map name or path that exists and loads (checked once, at load)."""
-    if not map_path(value).exists():
-        raise ValueError(f"unknown protocol_version {value!r}; available: "
-                         f"{', '.join(available_maps())} (or a path to a .csv map)")
-    try:
-        load_map(value)
-    except MapError as exc:
-        raise ValueError(f"register map {value!r} is invalid: {exc}") from None
-    return value
 
 
 class BusDeviceSettings(Settings):
