@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 import configparser
 import json
+import logging
 import os
 import subprocess
 import sys
@@ -233,6 +234,40 @@ def test_exceptions_and_silence_mid_scan_do_not_stop_the_scan(
         assert "pv_energy_total" not in readings(h)[-1]  # refused once: left out for good
 
     run_with(link, "eg4_v58", tmp_path, body)
+
+
+def test_a_slow_device_s_turnaround_is_measured_and_reported(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The device takes 60 ms per request: the health counters show the measured figure and
+    the log says once which setting would give the cheapest plan (lower bounds only)."""
+
+    async def main() -> None:
+        sim = ModbusSimulator("sdm630", (1,), tcp_port=free_port(), dynamic=False)
+        serve = sim.unit.action
+
+        async def slow(*args: Any) -> Any:
+            await asyncio.sleep(0.060)
+            return await serve(*args)
+
+        sim.unit.action = slow  # type: ignore[method-assign]
+        await sim.start()
+        settings = ModbusTcpSettings(transport="modbus_tcp", protocol_version="sdm630",
+                                     port=sim.tcp_port, **{**FAST, "timeout": 2.0})
+        h = Harness(ModbusTcpTransport, settings, "meter", tmp_path)
+        try:
+            await h.start()
+            extra = h.ctx.counters.extra
+            await async_wait_for(lambda: "turnaround_ms" in extra, timeout=30)
+            assert extra["turnaround_ms"] >= 55
+            await async_wait_for(lambda: "answers in about" in caplog.text)
+            assert caplog.text.count("answers in about") == 1
+            assert "set turnaround = 0.0" in caplog.text
+        finally:
+            await h.stop()
+            await sim.stop()
+
+    with caplog.at_level(logging.INFO):
+        asyncio.run(main())
 
 
 def test_garbled_replies_are_counted_on_rtu(tmp_path: Path) -> None:

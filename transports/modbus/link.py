@@ -153,6 +153,8 @@ class ModbusLink:
         self._rx = bytearray()
         self._quiet_from = 0.0
         self._connected_at = 0.0
+        #: seconds from sending the last successful request to its reply (None if re-sent)
+        self.last_exchange: float | None = None
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if sending:
@@ -249,6 +251,8 @@ class ModbusLink:
 
     async def _exchange(self, call: Awaitable[ModbusPDU], policy: CallPolicy) -> ModbusPDU:
         """Await one pymodbus call and sort its outcome into data or a failure kind."""
+        self.last_exchange = None
+        sent = time.monotonic()
         try:
             reply = await call
         except ConnectionException as exc:
@@ -267,4 +271,6 @@ class ModbusLink:
             raise ExceptionReply(int(reply.exception_code), bytes(self._rx))
         if reply.isError():
             raise GarbledReply(f"error reply {reply}")
+        if not reply.retries:
+            self.last_exchange = self._quiet_from - sent
         return reply

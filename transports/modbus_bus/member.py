@@ -8,12 +8,19 @@ map's device name, ``<map>_<serial or unit>``), so its Home Assistant entities s
 
 from __future__ import annotations
 
+import statistics
+from collections import deque
+
 from protocols.read_plan import LinkCost, ReadRequest
 from protocols.registers import Value, load_map
 from transports.modbus.device import ModbusDevice
 from transports.modbus.link import CallPolicy
 from transports.modbus_bus.blocks import BlockMemory
 from transports.modbus_bus.settings import BusDevice
+
+#: answered reads the measured turnaround is the median of, and how many it needs first
+TURNAROUND_SAMPLES = 32
+TURNAROUND_MIN_SAMPLES = 8
 
 
 class Member:
@@ -33,6 +40,10 @@ class Member:
         self.described = False
         #: blocks that got no answer last time: read after the others (see ordered())
         self.slow: set[tuple[str, int]] = set()
+        #: the device's think time per answered read, measured: the exchange's time less
+        #: the modelled wire (or network) part; a figure for the installer, not acted on
+        self._turnarounds: deque[float] = deque(maxlen=TURNAROUND_SAMPLES)
+        self.turnaround_noted = False
 
     @property
     def unit(self) -> int:
@@ -46,6 +57,18 @@ class Member:
         stop there (the device is probably gone) without starving the device's good blocks.
         """
         return sorted(self.blocks.plan.requests, key=lambda r: (r.table, r.address) in self.slow)
+
+    def note_exchange(self, request: ReadRequest, seconds: float) -> None:
+        """A read answered at the first try after ``seconds``: one turnaround sample."""
+        wire = self.cost.seconds(request.table, request.count) - self.cost.turnaround
+        self._turnarounds.append(max(0.0, seconds - wire))
+
+    @property
+    def measured_turnaround(self) -> float | None:
+        """The median of the recent samples, once there are enough to say (seconds)."""
+        if len(self._turnarounds) < TURNAROUND_MIN_SAMPLES:
+            return None
+        return statistics.median(self._turnarounds)
 
     def info(self, transport_name: str) -> dict[str, str]:
         """The device's identity: map + serial when known, else bus section + device name."""

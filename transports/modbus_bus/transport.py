@@ -258,10 +258,28 @@ class ModbusBusTransport(Transport[AnySettings]):
                 m.slow.discard(key)
                 answered = answered or outcome in ANSWERED
         self.schedule.end(m.name, time.monotonic(), busy, probe=probe)
+        self._report_turnaround(m)
         self.ctx.counters.extra["busy_seconds"] = round(
             float(self.ctx.counters.extra.get("busy_seconds", 0.0)) + busy, 3)
         if values:
             await self._publish(m, values)
+
+    def _report_turnaround(self, m: Member) -> None:
+        """The measured turnaround as a health figure; said once at INFO when it is far
+        from the one the plan assumes (the installer sets ``turnaround``; nothing is
+        replanned on its own: a loaded machine's latency must not reshape the plans)."""
+        measured = m.measured_turnaround
+        if measured is None:
+            return
+        key = "turnaround_ms" if m.sole else f"{m.name}.turnaround_ms"
+        self.ctx.counters.extra[key] = round(measured * 1000, 1)
+        assumed = m.cfg.turnaround
+        if not m.turnaround_noted and abs(measured - assumed) > max(0.010, assumed):
+            m.turnaround_noted = True
+            self.log.info("%s: %s answers in about %.0f ms, the plan assumes %.0f ms: "
+                          "set %sturnaround = %.3f for the cheapest plan", self._where, m.name,
+                          measured * 1000, assumed * 1000, "" if m.sole else f"{m.name}.",
+                          measured)
 
     async def _publish(self, m: Member, values: dict[str, Value]) -> None:
         m.note_serial(values)
@@ -317,7 +335,10 @@ class ModbusBusTransport(Transport[AnySettings]):
 
     async def read_words(self, m: Member, request: ReadRequest) -> list[int] | list[bool]:
         """One read from ``m`` with its own pauses, timeout and retries; an answer noted."""
-        words = await self._live_link().read(m.unit, request, m.policy)
+        link = self._live_link()
+        words = await link.read(m.unit, request, m.policy)
+        if link.last_exchange is not None:
+            m.note_exchange(request, link.last_exchange)
         await self._heard(m)
         return words
 
