@@ -21,7 +21,7 @@ from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.constants import ExcCodes
 
 from gateway.message import Envelope
-from protocols.read_plan import ReadPlan, ReadRequest
+from protocols.read_plan import ReadPlan, ReadRequest, RtuCost
 from protocols.registers import load_map
 from pytests.helpers import Harness, async_wait_for, free_port, wait_for
 from simulators.modbus_device import DeviceModel, ModbusSimulator
@@ -238,11 +238,13 @@ def test_exceptions_and_silence_mid_scan_do_not_stop_the_scan(
 
 def test_a_slow_device_s_turnaround_is_measured_and_reported(
         tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
-    """The device takes 60 ms per request: the health counters show the measured figure and
-    the log says once which setting would give the cheapest plan (lower bounds only)."""
+    """The device takes 60 ms per request where the settings say 0: the health counters show
+    the measured figure, and the log says once that a plan for it would be cheaper (at 9600
+    baud, 10 requests instead of 14). Lower bounds only."""
 
     async def main() -> None:
-        sim = ModbusSimulator("sdm630", (1,), tcp_port=free_port(), dynamic=False)
+        sim = ModbusSimulator("eg4_v58", (1,), pty_link=str(tmp_path / "ttySIM"),
+                              baudrate=9600, dynamic=False)
         serve = sim.unit.action
 
         async def slow(*args: Any) -> Any:
@@ -251,17 +253,24 @@ def test_a_slow_device_s_turnaround_is_measured_and_reported(
 
         sim.unit.action = slow  # type: ignore[method-assign]
         await sim.start()
-        settings = ModbusTcpSettings(transport="modbus_tcp", protocol_version="sdm630",
-                                     port=sim.tcp_port, **{**FAST, "timeout": 2.0})
-        h = Harness(ModbusTcpTransport, settings, "meter", tmp_path)
+        settings = ModbusRtuSettings(transport="modbus_rtu", protocol_version="eg4_v58",
+                                     port=sim.pty_link, baudrate=9600, turnaround=0.0,
+                                     **{**FAST, "timeout": 2.0})
+        h = Harness(ModbusRtuTransport, settings, "inverter", tmp_path / "state")
         try:
             await h.start()
+            assert len(sole_plan(h)) == 14
             extra = h.ctx.counters.extra
             await async_wait_for(lambda: "turnaround_ms" in extra, timeout=30)
-            assert extra["turnaround_ms"] >= 55
+            # the model takes the 9600-baud wire time off; a PTY has none, so the figure is
+            # 60 ms less up to the longest request's modelled wire time
+            wire = max(RtuCost(9600, turnaround=0.0).seconds(r.table, r.count)
+                       for r in sole_plan(h).requests)
+            assert extra["turnaround_ms"] >= (0.060 - wire) * 1000 - 1
             await async_wait_for(lambda: "answers in about" in caplog.text)
+            assert "the plan assumes 0 ms: turnaround = 0.0" in caplog.text
+            await async_wait_for(lambda: len(readings(h)) >= 3, timeout=30)
             assert caplog.text.count("answers in about") == 1
-            assert "set turnaround = 0.0" in caplog.text
         finally:
             await h.stop()
             await sim.stop()

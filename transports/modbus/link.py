@@ -143,12 +143,12 @@ class Disconnected(RequestFailed):
 
 # ---------------------------------------------------------------------- the link
 class ModbusLink:
-    """One client for one bus or TCP connection; callers serialise use with ``lock``."""
+    """One client for one bus or TCP connection, one request at a time (its owner's loop
+    makes them one after another)."""
 
     def __init__(self, description: LinkDescription, *, connect_timeout: float = 3.0) -> None:
         self.description = description
         self.connect_timeout = connect_timeout
-        self.lock = asyncio.Lock()
         self._client: AsyncModbusTcpClient | AsyncModbusSerialClient | None = None
         self._rx = bytearray()
         self._quiet_from = 0.0

@@ -63,10 +63,13 @@ class BlockMemory:
         self.plan: ReadPlan = self._make_plan()
 
     def _make_plan(self) -> ReadPlan:
+        return self.plan_with(self.link)
+
+    def plan_with(self, link: LinkCost | None) -> ReadPlan:
+        """The plan for another cost model, under everything learned so far."""
         values = [v for v in self.map.values if v.name not in self.dropped]
         unreadable = (*self.map.unreadable, *((x.table, x.first, x.last) for x in self.learned))
-        return plan_reads(values, batch_size=self.batch_size, unreadable=unreadable,
-                          link=self.link)
+        return plan_reads(values, batch_size=self.batch_size, unreadable=unreadable, link=link)
 
     def _units(self, request: ReadRequest) -> list[tuple[int, int, tuple[str, ...]]]:
         """The request's values as (start, end, names), values sharing a register together."""

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import statistics
 from collections import deque
+from dataclasses import replace
 
 from protocols.read_plan import LinkCost, ReadRequest
 from protocols.registers import Value, load_map
@@ -69,6 +70,13 @@ class Member:
         if len(self._turnarounds) < TURNAROUND_MIN_SAMPLES:
             return None
         return statistics.median(self._turnarounds)
+
+    def gain_at(self, turnaround: float) -> float:
+        """How much shorter a scan would be (0-1) planned for ``turnaround`` than as now,
+        both costed at that turnaround."""
+        actual = replace(self.cost, turnaround=turnaround)
+        now = self.blocks.plan.cost(actual)
+        return (now - self.blocks.plan_with(actual).cost(actual)) / now if now else 0.0
 
     def info(self, transport_name: str) -> dict[str, str]:
         """The device's identity: map + serial when known, else bus section + device name."""

@@ -62,6 +62,8 @@ from transports.modbus_bus.settings import (
 #: ``modbus_rtu``): the same transport, the latter a bus of one
 AnySettings = BusSettings | ModbusSettings
 
+#: a measured turnaround is worth a hint when a plan for it would be this much cheaper
+HINT_GAIN = 0.02
 COUNTERS = ("scans", "probes", "requests", "exceptions", "timeouts", "garbled", "writes",
             "writes_rejected", "reconnects", "quarantines", "ranges_learned")
 #: what a block read came to, besides blocks.READ and blocks.SPLIT: another exception reply;
@@ -265,21 +267,23 @@ class ModbusBusTransport(Transport[AnySettings]):
             await self._publish(m, values)
 
     def _report_turnaround(self, m: Member) -> None:
-        """The measured turnaround as a health figure; said once at INFO when it is far
-        from the one the plan assumes (the installer sets ``turnaround``; nothing is
-        replanned on its own: a loaded machine's latency must not reshape the plans)."""
+        """The measured turnaround as a health figure; said once at INFO when a plan made
+        for it would be cheaper than the plan sent (the installer sets ``turnaround``;
+        nothing is replanned on its own: a loaded machine's latency must not reshape plans)."""
         measured = m.measured_turnaround
         if measured is None:
             return
         key = "turnaround_ms" if m.sole else f"{m.name}.turnaround_ms"
         self.ctx.counters.extra[key] = round(measured * 1000, 1)
-        assumed = m.cfg.turnaround
-        if not m.turnaround_noted and abs(measured - assumed) > max(0.010, assumed):
-            m.turnaround_noted = True
+        if m.turnaround_noted:
+            return
+        m.turnaround_noted = True  # asked once: the figure settles within the first scans
+        gain = m.gain_at(measured)
+        if gain > HINT_GAIN:
             self.log.info("%s: %s answers in about %.0f ms, the plan assumes %.0f ms: "
-                          "set %sturnaround = %.3f for the cheapest plan", self._where, m.name,
-                          measured * 1000, assumed * 1000, "" if m.sole else f"{m.name}.",
-                          measured)
+                          "%sturnaround = %.3f would make its scans %.0f%% shorter",
+                          self._where, m.name, measured * 1000, m.cfg.turnaround * 1000,
+                          "" if m.sole else f"{m.name}.", measured, 100 * gain)
 
     async def _publish(self, m: Member, values: dict[str, Value]) -> None:
         m.note_serial(values)
