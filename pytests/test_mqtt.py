@@ -113,6 +113,12 @@ def reading(n: int, **values: Any) -> Envelope:
                     source_transport_info=dict(INFO), sequence=n, timestamp=1.7e9 + n)
 
 
+#: a value for every described value but the button (a button has no state)
+ALL_VALUES = {"grid_power": 5.0, "energy_today": 1.5, "battery_voltage": 52.1,
+              "max_charge_current": 16, "charger_enabled": True, "grid_connected": True,
+              "work_mode": "eco", "status_text": "fine", "label": "garage", "mode_readonly": "a"}
+
+
 def describe(info: dict[str, str] | None = None) -> Envelope:
     return Envelope(source_transport="inverter", kind="event",
                     data=describe_event([*SPECS, ValueSpec("n", state_class="measurement")]),
@@ -227,8 +233,8 @@ def check_home_assistant_config(topic: str, config: dict[str, Any], prefix: str)
     assert device["identifiers"] and all(isinstance(i, str) for i in device["identifiers"])
     assert all(isinstance(device[k], str) for k in device if k != "identifiers")
     assert config["origin"]["name"]
-    assert config["availability_mode"] in {"all", "any", "latest"}
-    for item in config["availability"]:
+    assert config.get("availability_mode", "latest") in {"all", "any", "latest"}
+    for item in config.get("availability", []):
         assert set(item) <= {"topic", "payload_available", "payload_not_available",
                              "value_template"}
         assert "+" not in item["topic"] and "#" not in item["topic"]
@@ -269,11 +275,11 @@ def test_discovery_configs_satisfy_home_assistant(broker: Mosquitto, tmp_path: P
     async def main() -> None:
         h = await started(s, tmp_path)
         await h.send(describe())
-        await h.send(reading(1, grid_power=5.0))
+        await h.send(reading(1, **ALL_VALUES))
         await h.send(describe(second))
         await h.send(Envelope(source_transport="inverter", kind="reading",
-                              data={"grid_power": 7.0}, source_transport_info=second))
-        want = 2 * (len(SPECS) + 1)
+                              data={"n": 1, **ALL_VALUES}, source_transport_info=second))
+        want = 2 * (len(SPECS) + 1) + 1  # and the gateway's own device
         await async_wait_for(lambda: len(configs.matching(rf"{s.discovery_prefix}/.*")) >= want)
         await h.stop()
 
@@ -283,10 +289,14 @@ def test_discovery_configs_satisfy_home_assistant(broker: Mosquitto, tmp_path: P
     assert platforms == set(PLATFORM)
     assert len({c["unique_id"] for c in found.values()}) == len(found)
     devices = {tuple(c["device"]["identifiers"]) for c in found.values()}
-    assert len(devices) == 2  # one HA device per physical device
+    assert len(devices) == 3  # one HA device per physical device, and the gateway
     one = found[f"{s.discovery_prefix}/number/inv-1/max_charge_current/config"]
+    via = f"pgw_gateway_{s.base_topic}"
     assert one["device"] == {"identifiers": ["pgw_SN123"], "name": "EG4 18kPV",
-                             "manufacturer": "EG4", "model": "18kPV", "serial_number": "SN123"}
+                             "manufacturer": "EG4", "model": "18kPV", "serial_number": "SN123",
+                             "via_device": via}
+    gateway = found[f"{s.discovery_prefix}/binary_sensor/{via}/connection/config"]
+    assert gateway["device"]["identifiers"] == [via]
     assert one["command_topic"] == f"{s.base_topic}/inv-1/max_charge_current/set"
     assert (one["min"], one["max"], one["step"], one["unit_of_measurement"]) == (0, 200, 1, "A")
     assert found[f"{s.discovery_prefix}/sensor/inv-1/energy_today/config"]["state_class"] == (
@@ -304,6 +314,7 @@ def test_rediscovery_when_home_assistant_restarts(broker: Mosquitto, tmp_path: P
     async def main() -> None:
         h = await started(s, tmp_path)
         await h.send(describe())
+        await h.send(reading(1, grid_power=5.0))
         await async_wait_for(lambda: len(configs.on(topic)) == 1)
         configs.client.publish(f"{s.discovery_prefix}/status", "online", qos=1)
         await async_wait_for(lambda: len(configs.on(topic)) == 2)
@@ -468,7 +479,7 @@ def test_set_payload_parsing_table() -> None:
         (b"2.5", None, 2.5), (b"7", None, 7), (b"on", None, True), (b"eco", None, "eco"),
     ]
     for payload, spec, expected in cases:
-        value, _ = parse_set_payload(payload, spec)
+        value = parse_set_payload(payload, spec).value
         assert value == expected and type(value) is type(expected), payload
 
 

@@ -2,10 +2,17 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from gateway.settings import ByteSize, Parity, StopBits, TransportSettings, serial_identity
-from protocols.registers import MapError, available_maps, load_map, map_path
+from gateway.settings import (
+    ByteSize,
+    Parity,
+    StopBits,
+    StrList,
+    TransportSettings,
+    serial_identity,
+)
+from protocols.registers import MapError, available_maps, check_writable, load_map, map_path
 
 
 class ModbusSettings(TransportSettings):
@@ -32,6 +39,10 @@ class ModbusSettings(TransportSettings):
     reconnect_max: float = Field(
         default=30.0, gt=0, description="longest wait between reconnect attempts (seconds)"
     )
+    writable: StrList = Field(
+        default=(), description="device configuration registers (the map's writable = opt-in: "
+        "address, baud rate, ...) that may be written; comma separated; default none"
+    )
 
     @field_validator("protocol_version")
     @classmethod
@@ -47,6 +58,11 @@ class ModbusSettings(TransportSettings):
         except MapError as exc:
             raise ValueError(f"register map {value!r} is invalid: {exc}") from None
         return value
+
+    @model_validator(mode="after")
+    def _writable_in_map(self) -> ModbusSettings:
+        check_writable(load_map(self.protocol_version), self.writable)
+        return self
 
     def where(self) -> str:
         raise NotImplementedError

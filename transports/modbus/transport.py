@@ -42,7 +42,8 @@ class ModbusTransport(Transport[ModbusSettings]):
         cost = LinkCost(baudrate=settings.baudrate) if isinstance(
             settings, ModbusRtuSettings) else LinkCost()
         self.device = ModbusDevice(
-            settings.address, regmap, batch_size=settings.batch_size, link=cost
+            settings.address, regmap, batch_size=settings.batch_size, link=cost,
+            writable=frozenset(settings.writable),
         )
         self.link = ModbusLink(settings)
         self.available: bool | None = None

@@ -18,7 +18,8 @@ class Member:
         self.cfg = cfg
         self.name = cfg.name
         regmap = load_map(cfg.protocol_version)
-        self.device = ModbusDevice(cfg.unit, regmap, batch_size=cfg.batch_size, link=link_cost)
+        self.device = ModbusDevice(cfg.unit, regmap, batch_size=cfg.batch_size, link=link_cost,
+                                   writable=frozenset(cfg.writable))
         self.blocks = BlockMemory(regmap, self.device.batch_size, link_cost)
         self.serial = ""
         self.available: bool | None = None

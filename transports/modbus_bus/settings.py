@@ -42,7 +42,7 @@ from gateway.settings import (
     TransportSettings,
     serial_identity,
 )
-from protocols.registers import MapError, available_maps, load_map, map_path
+from protocols.registers import MapError, available_maps, check_writable, load_map, map_path
 from transports.modbus_bus.port_resolve import UsbSelector
 
 _DEVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -82,11 +82,18 @@ class BusDeviceSettings(Settings):
                                          description="longest wait between quarantine probes")
     batch_size: int | None = Field(default=None, ge=0, le=125,
                                    description="registers per read at most; 0 = the map's")
+    writable: StrList = Field(default=(), description="configuration registers (the map's "
+                              "writable = opt-in) this device may have written; default none")
 
     @field_validator("protocol_version")
     @classmethod
     def _known_map(cls, value: str) -> str:
         return check_map(value)
+
+    @model_validator(mode="after")
+    def _writable_in_map(self) -> BusDeviceSettings:
+        check_writable(load_map(self.protocol_version), self.writable)
+        return self
 
 
 @dataclass(frozen=True)
@@ -104,6 +111,7 @@ class BusDevice:
     offline_after: int
     quarantine_max: float
     batch_size: int
+    writable: tuple[str, ...] = ()
 
 
 def _custom(kind: str, message: str, key: str, given: Any) -> InitErrorDetails:
@@ -239,7 +247,8 @@ class BusSettings(TransportSettings):
             own = {k: getattr(dev, k) for k in DEVICE_DEFAULTS}
             merged = {k: (getattr(self, k) if own[k] is None else own[k]) for k in own}
             out.append(BusDevice(name=name, unit=dev.unit,
-                                 protocol_version=dev.protocol_version, **merged))
+                                 protocol_version=dev.protocol_version, writable=dev.writable,
+                                 **merged))
         return out
 
     def where(self) -> str:
