@@ -134,7 +134,8 @@ class MqttTransport(Transport[MqttSettings]):
         self.published: dict[str, str] = {}
         self._duplicates: set[tuple[str, str]] = set()  # (node, section) warned about
         self.availability: dict[str, str] = {}
-        self.pending: OrderedDict[str, tuple[str, str, str, Any]] = OrderedDict()
+        #: request id -> (node, value name, rounding note, number asked for, value written)
+        self.pending: OrderedDict[str, tuple[str, str, str, Any, Any]] = OrderedDict()
         self._asked: dict[str, float] = {}
         self._described_sources: set[str] = set()
         self._requests = 0
@@ -325,7 +326,10 @@ class MqttTransport(Transport[MqttSettings]):
                 if not (described or waited) or name not in device.last:
                     continue
                 spec = default_spec(name, device.last[name])
-            elif name not in device.last and platform_for(spec) != "button":
+            elif platform_for(spec) == "button":
+                if not spec.writable:
+                    continue  # a button nobody may press: nothing to show
+            elif name not in device.last:
                 continue
             key = (device.identity.node, name)
             topic, payload = discovery_config(self.topics, device.identity, spec, self.settings.qos)
@@ -416,7 +420,7 @@ class MqttTransport(Transport[MqttSettings]):
                                 "request_id": request_id}
         if device.device_id:
             data["device"] = device.device_id
-        self.pending[request_id] = (node, name, request.note, request.requested)
+        self.pending[request_id] = (node, name, request.note, request.requested, request.value)
         while len(self.pending) > PENDING_MAX:
             self.pending.popitem(last=False)
         self.ctx.counters.extra["commands"] = int(self.ctx.counters.extra["commands"]) + 1
@@ -476,8 +480,8 @@ class MqttTransport(Transport[MqttSettings]):
         (HA's slider would otherwise snap back until the next scan)."""
         data = env.data
         request_id = str(data.get("request_id", ""))
-        node, value, note, requested = self.pending.pop(
-            request_id, (device.identity.node, "", "", None))
+        node, value, note, requested, written = self.pending.pop(
+            request_id, (device.identity.node, "", "", None, None))
         target = self.devices.get(node, device)
         detail = str(data.get("detail", ""))
         body: dict[str, Any] = {
@@ -490,6 +494,8 @@ class MqttTransport(Transport[MqttSettings]):
         qos, retain = self.settings.qos, self.settings.retain
         messages: list[Message] = []
         readback = data.get("values")
+        if not isinstance(readback, dict) and data.get("ok") and value and written is not None:
+            readback = {value: written}  # accepted, no read-back sent: the value written
         if isinstance(readback, dict):
             for name, got in readback.items():
                 target.last[name] = got
