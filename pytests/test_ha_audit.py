@@ -165,3 +165,47 @@ def test_every_entity_right_then_after_broker_and_transport_restarts(
     assert not changed, f"{len(changed)} configs changed after the restart, e.g. " + (
         f"{changed[0]}: {first[changed[0]]} -> {again[changed[0]]}" if changed else "")
     audited(broker.port, timeout=60)
+
+
+def test_the_auditor_finds_each_kind_of_breach() -> None:
+    """The auditor can fail: each breach the issue measured, planted once, is reported."""
+    from gateway.message import ValueSpec
+    from transports.mqtt_discovery import DeviceIdentity, Topics, discovery_config, gateway_config
+
+    topics = Topics("base", PREFIX)
+    via = "pgw_gateway_base"
+    inverter = DeviceIdentity("inv", "SN1", "Inverter", "EG4", "18kPV", "SN1", via)
+    ghost = DeviceIdentity("loadsharing", "loadsharing", "loadsharing", "", "", "", via)
+    specs = {
+        "volts_as_amps": (inverter, ValueSpec("phase_current", "V", "current", "measurement")),
+        "total_no_reset": (inverter, ValueSpec("session_energy", "kWh", "energy", "total")),
+        "energy_measured": (inverter, ValueSpec("grid_energy", "kWh", "energy", "measurement")),
+        "lower_acronym": (inverter, ValueSpec("battery_soc", "%", "battery", "measurement")),
+        "never_written": (inverter, ValueSpec("heartbeat_amps", "A", "current")),
+        "repeats_device": (ghost, ValueSpec("loadsharing_mode", kind="select",
+                                            options=("agreed", "hold"))),
+    }
+    retained: dict[str, bytes] = {}
+    gateway_topic, gateway = gateway_config(topics)
+    retained[gateway_topic] = json.dumps(gateway).encode()
+    retained[topics.gateway_status] = b"online"
+    retained[topics.availability("inv")] = b"online"
+    for name, (device, spec) in specs.items():
+        topic, config = discovery_config(topics, device, spec)
+        if name == "repeats_device":
+            config["name"] = "Loadsharing mode"  # as before: the gateway now strips it
+        retained[topic] = json.dumps(config).encode()
+        if name not in ("never_written", "repeats_device"):
+            retained[config["state_topic"]] = b"1.0"
+    clean = {t: p for t, p in retained.items() if "phase_current" not in t}
+    twin_topic, twin = discovery_config(topics, inverter, ValueSpec("grid_power", "W", "power"))
+    clean[twin_topic.replace("/inv/", "/inv2/")] = json.dumps(twin).encode()
+    clean[twin_topic] = json.dumps(twin).encode()
+    clean[twin["state_topic"]] = b"5"
+    found = "\n".join(audit(retained, PREFIX) + audit(clean, PREFIX))
+    for expected in ("unit 'V' is not one of current's", "total without a last_reset",
+                     "state_class measurement not allowed for energy", "acronyms in lower case",
+                     "heartbeat_amps never written", "repeats its device's",
+                     "availability base/loadsharing/availability never written (ghost)",
+                     "unique_id 'pgw_SN1_grid_power' also used"):
+        assert expected in found, f"{expected!r} not reported:\n{found}"
