@@ -7,6 +7,7 @@ Home Assistant discovery follows its MQTT discovery schema: one config per value
 ``<prefix>/<component>/<node_id>/<object_id>/config``, each with ``unique_id``, a ``device``
 block with ``identifiers`` (one HA device per physical device), ``origin`` and an
 ``availability`` list (the gateway's own topic and the device's, ``availability_mode: all``).
+Every device names the gateway's own device (:func:`gateway_config`) as ``via_device``.
 The platform is chosen from the value's :class:`ValueSpec` by the table below, in the spirit of
 Home Assistant's entity-description tables.
 """
