@@ -432,13 +432,15 @@ class MqttTransport(Transport[MqttSettings]):
         self.ctx.counters.extra["command_errors"] = (
             int(self.ctx.counters.extra["command_errors"]) + 1
         )
-        node, value = shorten(node, 80), shorten(value, 80)
+        shown_node, shown_value = shorten(node, 80), shorten(value, 80)
         self.ctx.counters.error(exc.detail[:200])
         quoted = payload[:100] if len(payload) <= MAX_SET_PAYLOAD else b""
         self.log.warning("command on %s/%s refused (%s): %s; payload %r (%d bytes)",
-                         node, value, exc.result, exc.detail[:200], quoted, len(payload))
-        body = {"value": value, "ok": False, "result": exc.result, "detail": exc.detail[:200],
-                "request_id": "", "payload": quoted.decode("utf-8", "backslashreplace")}
+                         shown_node, shown_value, exc.result, exc.detail[:200], quoted,
+                         len(payload))
+        body = {"value": shown_value, "ok": False, "result": exc.result,
+                "detail": exc.detail[:200], "request_id": "",
+                "payload": quoted.decode("utf-8", "backslashreplace")}
         if self.link is not None:
             self.link.publish_nowait(self.topics.result(node), json.dumps(body), 1, False)
 
