@@ -61,6 +61,10 @@ class ValueSpec:
     step: float | None = None
     options: tuple[str, ...] = ()  # an enum: the allowed values, as text
     kind: str = "number"  # number | switch | select | text | binary | button
+    #: what a person reads (acronyms as the vendor writes them); "" = from ``name``
+    display_name: str = ""
+    entity_category: str = ""  # "" | diagnostic | config (Home Assistant's entity_category)
+    icon: str = ""  # an "mdi:..." icon where no device class gives one
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)

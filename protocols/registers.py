@@ -34,7 +34,12 @@ ORDERS = ("ABCD", "CDAB", "BADC", "DCBA")
 COLUMNS = (
     "name", "table", "address", "type", "count", "order", "bits", "scale", "offset", "unit",
     "access", "min", "max", "options", "device_class", "state_class", "description",
+    "display_name", "entity_category", "writable",
 )
+ENTITY_CATEGORIES = ("", "diagnostic", "config")
+#: ``writable`` column: "" = as ``access`` says; "opt-in" = a device configuration register
+#: (address, baud rate, ...) written only when the section's ``writable =`` key names it
+WRITE_POLICIES = ("", "opt-in")
 REQUIRED = ("name", "table", "address", "type")
 _NAME = re.compile(r"^[A-Za-z][A-Za-z0-9_]*$")
 
@@ -79,6 +84,14 @@ class RegisterValue:
     description: str = ""
     line: int = 0
     decimals: int | None = None
+    display_name: str = ""
+    entity_category: str = ""
+    write_policy: str = ""
+
+    @property
+    def opt_in(self) -> bool:
+        """Writable on the wire, but only by a section that lists it in ``writable =``."""
+        return self.write_policy == "opt-in" and "w" in self.access
 
     @property
     def end(self) -> int:
@@ -302,6 +315,14 @@ def _parse_row(cells: dict[str, str], path: Path | str, line: int) -> RegisterVa
         raise fail(f"{name}: an enum needs options like 0=Off;1=On")
     if options and dtype not in ("u16", "s16", "enum", "bits", "u32", "s32"):
         raise fail(f"{name}: options go with integer types, not {dtype}")
+    category = cells.get("entity_category", "").lower()
+    if category not in ENTITY_CATEGORIES:
+        raise fail(f"{name}: entity_category {category!r} is not diagnostic or config")
+    policy = cells.get("writable", "").lower()
+    if policy not in WRITE_POLICIES:
+        raise fail(f"{name}: writable {policy!r}: leave it empty or write opt-in")
+    if policy and "w" not in access:
+        raise fail(f"{name}: writable = opt-in needs access rw or w")
     decimals = None
     if dtype != "float32" and (scale != 1 or offset != 0):
         decimals = _decimals(scale_text)
@@ -313,7 +334,8 @@ def _parse_row(cells: dict[str, str], path: Path | str, line: int) -> RegisterVa
         unit=cells.get("unit", ""), access=access, minimum=minimum, maximum=maximum,
         options=options, device_class=cells.get("device_class", ""),
         state_class=cells.get("state_class", ""), description=cells.get("description", ""),
-        line=line, decimals=decimals,
+        line=line, decimals=decimals, display_name=cells.get("display_name", ""),
+        entity_category=category, write_policy=policy,
     )
 
 
@@ -365,3 +387,13 @@ def _bits_disjoint(a: RegisterValue, b: RegisterValue) -> bool:
     if a.dtype != "bits" or b.dtype != "bits" or a.address != b.address:
         return False
     return a.bit_start + a.bit_width <= b.bit_start or b.bit_start + b.bit_width <= a.bit_start
+
+
+def check_writable(regmap: RegisterMap, names: tuple[str, ...]) -> tuple[str, ...]:
+    """A section's ``writable =`` list against its map: each name a writable register."""
+    for name in names:
+        if name not in regmap:
+            raise ValueError(f"writable: {name!r} is not a value of map {regmap.name}")
+        if not regmap[name].writable:
+            raise ValueError(f"writable: {name!r} is read-only in map {regmap.name}")
+    return names

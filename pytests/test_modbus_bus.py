@@ -326,7 +326,8 @@ def test_pauses_after_connect_and_before_requests_are_kept(tmp_path: Path,
 def test_bus_down_marks_every_device_unavailable_and_reconnects(tmp_path: Path) -> None:
     async def main() -> None:
         port = free_port()
-        settings = ModbusBusTcpSettings(transport="modbus_bus_tcp", port=port, **KEYS)
+        settings = ModbusBusTcpSettings(transport="modbus_bus_tcp", port=port, **KEYS,
+                                        **{"meter2.writable": "demand_period"})  # a set-up reg
         h = Harness(ModbusBusTcpTransport, settings, "bus", tmp_path / "state")
         await h.start()
         names = ("inverter", "meter1", "meter2")

@@ -113,6 +113,12 @@ def reading(n: int, **values: Any) -> Envelope:
                     source_transport_info=dict(INFO), sequence=n, timestamp=1.7e9 + n)
 
 
+#: a value for every described value but the button (a button has no state)
+ALL_VALUES = {"grid_power": 5.0, "energy_today": 1.5, "battery_voltage": 52.1,
+              "max_charge_current": 16, "charger_enabled": True, "grid_connected": True,
+              "work_mode": "eco", "status_text": "fine", "label": "garage", "mode_readonly": "a"}
+
+
 def describe(info: dict[str, str] | None = None) -> Envelope:
     return Envelope(source_transport="inverter", kind="event",
                     data=describe_event([*SPECS, ValueSpec("n", state_class="measurement")]),
@@ -227,8 +233,8 @@ def check_home_assistant_config(topic: str, config: dict[str, Any], prefix: str)
     assert device["identifiers"] and all(isinstance(i, str) for i in device["identifiers"])
     assert all(isinstance(device[k], str) for k in device if k != "identifiers")
     assert config["origin"]["name"]
-    assert config["availability_mode"] in {"all", "any", "latest"}
-    for item in config["availability"]:
+    assert config.get("availability_mode", "latest") in {"all", "any", "latest"}
+    for item in config.get("availability", []):
         assert set(item) <= {"topic", "payload_available", "payload_not_available",
                              "value_template"}
         assert "+" not in item["topic"] and "#" not in item["topic"]
@@ -269,11 +275,11 @@ def test_discovery_configs_satisfy_home_assistant(broker: Mosquitto, tmp_path: P
     async def main() -> None:
         h = await started(s, tmp_path)
         await h.send(describe())
-        await h.send(reading(1, grid_power=5.0))
+        await h.send(reading(1, **ALL_VALUES))
         await h.send(describe(second))
         await h.send(Envelope(source_transport="inverter", kind="reading",
-                              data={"grid_power": 7.0}, source_transport_info=second))
-        want = 2 * (len(SPECS) + 1)
+                              data={"n": 1, **ALL_VALUES}, source_transport_info=second))
+        want = 2 * (len(SPECS) + 1) + 1  # and the gateway's own device
         await async_wait_for(lambda: len(configs.matching(rf"{s.discovery_prefix}/.*")) >= want)
         await h.stop()
 
@@ -283,10 +289,14 @@ def test_discovery_configs_satisfy_home_assistant(broker: Mosquitto, tmp_path: P
     assert platforms == set(PLATFORM)
     assert len({c["unique_id"] for c in found.values()}) == len(found)
     devices = {tuple(c["device"]["identifiers"]) for c in found.values()}
-    assert len(devices) == 2  # one HA device per physical device
+    assert len(devices) == 3  # one HA device per physical device, and the gateway
     one = found[f"{s.discovery_prefix}/number/inv-1/max_charge_current/config"]
+    via = f"pgw_gateway_{s.base_topic}"
     assert one["device"] == {"identifiers": ["pgw_SN123"], "name": "EG4 18kPV",
-                             "manufacturer": "EG4", "model": "18kPV", "serial_number": "SN123"}
+                             "manufacturer": "EG4", "model": "18kPV", "serial_number": "SN123",
+                             "via_device": via}
+    gateway = found[f"{s.discovery_prefix}/binary_sensor/{via}/connection/config"]
+    assert gateway["device"]["identifiers"] == [via]
     assert one["command_topic"] == f"{s.base_topic}/inv-1/max_charge_current/set"
     assert (one["min"], one["max"], one["step"], one["unit_of_measurement"]) == (0, 200, 1, "A")
     assert found[f"{s.discovery_prefix}/sensor/inv-1/energy_today/config"]["state_class"] == (
@@ -304,6 +314,7 @@ def test_rediscovery_when_home_assistant_restarts(broker: Mosquitto, tmp_path: P
     async def main() -> None:
         h = await started(s, tmp_path)
         await h.send(describe())
+        await h.send(reading(1, grid_power=5.0))
         await async_wait_for(lambda: len(configs.on(topic)) == 1)
         configs.client.publish(f"{s.discovery_prefix}/status", "online", qos=1)
         await async_wait_for(lambda: len(configs.on(topic)) == 2)
@@ -468,7 +479,7 @@ def test_set_payload_parsing_table() -> None:
         (b"2.5", None, 2.5), (b"7", None, 7), (b"on", None, True), (b"eco", None, "eco"),
     ]
     for payload, spec, expected in cases:
-        value, _ = parse_set_payload(payload, spec)
+        value = parse_set_payload(payload, spec).value
         assert value == expected and type(value) is type(expected), payload
 
 
@@ -562,3 +573,206 @@ def test_transport_restart_redelivers_from_the_buffer(tmp_path: Path) -> None:
             watcher.close()
 
         asyncio.run(main())
+
+
+# -- issue 18: entities right after every restart, commands that say what happened ----------
+def config_messages(collector: Collector, prefix: str) -> list[str]:
+    return [t for t, p, _ in collector.messages if t.startswith(prefix + "/") and p]
+
+
+def test_re_describe_publishes_only_changes_and_reconnect_republishes_all(
+        tmp_path: Path) -> None:
+    """A source re-describing itself (a Modbus reconnect) costs no discovery traffic; a broker
+    that lost its retained messages gets discovery, availability and states back at once."""
+    with Mosquitto(tmp_path / "broker") as broker:
+        s = make_settings(broker.port)
+        t = Topics(s.base_topic, s.discovery_prefix)
+        live = Collector(broker.port, [f"{s.discovery_prefix}/#", f"{s.base_topic}/#"])
+
+        async def main() -> None:
+            h = await started(s, tmp_path / "state")
+            await h.send(describe())
+            await h.send(reading(1, grid_power=5.0))
+            topic = f"{s.discovery_prefix}/sensor/inv-1/grid_power/config"
+            await async_wait_for(lambda: live.on(topic) and live.on(t.state("inv-1", "n")))
+            first = len(config_messages(live, s.discovery_prefix))
+            await h.send(describe())  # unchanged: nothing goes out
+            await h.send(reading(2, grid_power=6.0))
+            await async_wait_for(lambda: live.on(t.state("inv-1", "n"))[-1:] == [b"2"])
+            assert len(config_messages(live, s.discovery_prefix)) == first
+            changed = [ValueSpec("grid_power", unit="kW", device_class="power",
+                                 state_class="measurement")]
+            await h.send(Envelope(source_transport="inverter", kind="event",
+                                  data=describe_event(changed), source_transport_info=INFO))
+            await async_wait_for(lambda: len(live.on(topic)) == 2)
+            assert json.loads(live.on(topic)[-1])["unit_of_measurement"] == "kW"
+
+            await asyncio.to_thread(broker.stop)  # and it forgets everything retained
+            for leftover in broker.workdir.glob("*.db"):
+                leftover.unlink()
+            await asyncio.to_thread(broker.start)
+            await async_wait_for(lambda: h.transport.link.connected, timeout=30)
+            fresh = Collector(broker.port, [f"{s.discovery_prefix}/#", f"{s.base_topic}/#"])
+            want = {topic, t.availability("inv-1"), t.state("inv-1", "grid_power"),
+                    t.gateway_status}
+            await async_wait_for(lambda: want <= {tp for tp, _, r in fresh.messages if r},
+                                 timeout=30)
+            assert fresh.on(t.availability("inv-1"))[-1] == b"online"
+            assert fresh.on(t.state("inv-1", "grid_power"))[-1] == b"6.0"
+            fresh.close()
+            await h.stop()
+
+        asyncio.run(main())
+        live.close()
+
+
+def test_descriptions_survive_a_transport_restart(broker: Mosquitto, tmp_path: Path) -> None:
+    """The restarted transport announces the described class before any new describe."""
+    s = make_settings(broker.port)
+    topic = f"{s.discovery_prefix}/sensor/inv-1/grid_power/config"
+    configs = Collector(broker.port, [topic])
+
+    async def main() -> None:
+        h = await started(s, tmp_path)
+        await h.send(describe())
+        await h.send(reading(1, grid_power=5.0))
+        await async_wait_for(lambda: configs.on(topic))
+        await h.stop()
+        again = await started(s, tmp_path)  # no describe this time
+        await again.send(reading(2, grid_power=7.0))
+        await async_wait_for(lambda: len(configs.on(topic)) == 2)
+        await again.stop()
+
+    asyncio.run(main())
+    before, after = (json.loads(p) for p in configs.on(topic))
+    assert after == before and after["device_class"] == "power"
+    assert after["unit_of_measurement"] == "W" and after["state_class"] == "measurement"
+    configs.close()
+
+
+def test_one_device_id_in_two_sections_gives_two_devices(broker: Mosquitto, tmp_path: Path,
+                                                         caplog: pytest.LogCaptureFixture
+                                                         ) -> None:
+    s = make_settings(broker.port)
+    configs = Collector(broker.port, [f"{s.discovery_prefix}/#"])
+
+    def from_(source: str, n: int) -> Envelope:
+        return Envelope(source_transport=source, kind="reading", data={"grid_power": n},
+                        source_transport_info=dict(INFO))
+
+    async def main() -> None:
+        h = await started(s, tmp_path)
+        for source in ("inverter", "rs485"):
+            await h.send(Envelope(source_transport=source, kind="event",
+                                  data=describe_event(SPECS), source_transport_info=INFO))
+        for n in range(3):
+            await h.send(from_("inverter", n))
+            await h.send(from_("rs485", n))
+        await async_wait_for(lambda: len(configs.matching(r".*/grid_power/config")) == 2,
+                             timeout=30)
+        await h.stop()
+
+    with caplog.at_level("WARNING"):
+        asyncio.run(main())
+    found = {t: json.loads(p) for t, p in configs.matching(r".*/grid_power/config").items()}
+    assert {c["unique_id"] for c in found.values()} == {"pgw_SN123_grid_power",
+                                                       "pgw_rs485_SN123_grid_power"}
+    assert {c["state_topic"].split("/")[1] for c in found.values()} == {"inv-1", "rs485_inv-1"}
+    warnings = [r for r in caplog.records if "already used by section" in r.getMessage()]
+    assert len(warnings) == 1, warnings  # logged once, not per reading
+    configs.close()
+
+
+class ReadBackDevice(FakeDevice):
+    """Answers writes as a Modbus device does: with the value read back after the write."""
+
+    def __init__(self, harness: Harness, readback: dict[str, Any] | None) -> None:
+        super().__init__(harness)
+        self.readback = readback
+
+    async def serve(self) -> None:
+        while True:
+            for cmd in self.h.of_kind("command")[self.done:]:
+                self.done += 1
+                if cmd.data["command"] != "write":
+                    continue
+                self.writes.append(cmd.data)
+                extra = {} if self.readback is None else {"values": self.readback}
+                await self.h.send(Envelope(
+                    source_transport="inverter", kind="event", target_transport="mqtt_out",
+                    data=command_result(cmd.data, True, "ok", **extra),
+                    source_transport_info=dict(INFO)))
+            await asyncio.sleep(0.01)
+
+
+def test_set_limits_rounding_readback_and_retained(broker: Mosquitto, tmp_path: Path,
+                                                   caplog: pytest.LogCaptureFixture) -> None:
+    s = make_settings(broker.port)
+    t = Topics(s.base_topic, s.discovery_prefix)
+    watch = Collector(broker.port, [t.result("+"), f"{s.base_topic}/inv-1/max_charge_current"])
+    state = t.state("inv-1", "max_charge_current")
+
+    def answers() -> list[dict[str, Any]]:
+        return [json.loads(p) for p in watch.on(t.result("inv-1"))]
+
+    async def main() -> None:
+        h = await started(s, tmp_path)
+        device = ReadBackDevice(h, {"max_charge_current": 17})
+        server = asyncio.create_task(device.serve())
+        await h.send(describe())
+        await h.send(reading(1, max_charge_current=10))
+        await async_wait_for(lambda: watch.on(state) == [b"10"])
+        pub = watch.client.publish
+
+        pub(t.command("inv-1", "max_charge_current"), "16.5", qos=1)  # step 1
+        await async_wait_for(lambda: len(answers()) == 1)
+        assert device.writes[-1]["values"] == {"max_charge_current": 17}
+        first = answers()[0]
+        assert first["ok"] and first["requested"] == 16.5
+        assert "16.5 rounded to 17" in first["detail"]
+        # the read-back is the state at once, not at the next scan
+        await async_wait_for(lambda: watch.on(state)[-1:] == [b"17"])
+
+        huge = b"9" * (1 << 20)
+        pub(t.command("inv-1", "max_charge_current"), huge, qos=1)
+        await async_wait_for(lambda: len(answers()) == 2)
+        refused = answers()[1]
+        assert refused["result"] == "rejected" and "4096" in refused["detail"]
+        assert len(json.dumps(refused)) < 400 and refused["payload"] == ""
+
+        pub(t.command("inv-1", "max_charge_current"), b"12", qos=1, retain=True)  # live
+        await async_wait_for(lambda: len(answers()) == 3)
+        assert answers()[2]["result"] == "rejected" and "retained" in answers()[2]["detail"]
+        pub(t.command("inv-1", "max_charge_current"), b"", qos=1, retain=True)  # clearing it
+        pub(t.command("inv-1", "max_charge_current"), b"11", qos=1)
+        await async_wait_for(lambda: len(answers()) == 4)
+        assert answers()[3]["ok"]  # the empty retained message made no result of its own
+        assert [w["values"]["max_charge_current"] for w in device.writes] == [17, 11]
+        server.cancel()
+        await h.stop()
+
+    with caplog.at_level("DEBUG"):
+        asyncio.run(main())
+    longest = max(len(r.getMessage()) for r in caplog.records)
+    assert longest < 600, longest  # a 1 MB payload never reaches a log line
+    watch.close()
+
+
+def test_set_payload_rounding_and_limits_table() -> None:
+    amps = ValueSpec("amps", writable=True, minimum=6, maximum=32, step=1)
+    tenth = ValueSpec("soc", writable=True, minimum=0, maximum=100, step=0.1)
+    assert parse_set_payload(b"16.5", amps).value == 17
+    assert parse_set_payload(b"16.4", amps).note == "16.4 rounded to 16 (step 1)"
+    assert parse_set_payload(b"16", amps).note == ""
+    assert parse_set_payload(b"33.3", tenth).value == 33.3
+    assert parse_set_payload(b"33.33", tenth).value == 33.3
+    with pytest.raises(mqtt_module.CommandError) as exc:
+        parse_set_payload(b"x" * 5000, amps)
+    assert "xxx" not in exc.value.detail
+    with pytest.raises(mqtt_module.CommandError) as exc:
+        parse_set_payload(("y" * 3000).encode(), amps)
+    assert len(exc.value.detail) < 150
+    switch = ValueSpec("ac_charge", kind="switch", writable=True, options=("Off", "On"))
+    assert parse_set_payload(b"ON", switch).value == "On"  # an Off/On enum register
+    assert mqtt_module.encode_state("On", switch) == "ON"
+    assert mqtt_module.encode_state("Off", switch) == "OFF"

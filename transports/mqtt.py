@@ -28,6 +28,7 @@ from transports import register
 from transports.base import Transport, TransportContext
 from transports.mqtt_client import LinkOptions, Message, MqttLink
 from transports.mqtt_discovery import (
+    MAX_SET_PAYLOAD,
     OFFLINE,
     ONLINE,
     CommandError,
@@ -36,10 +37,15 @@ from transports.mqtt_discovery import (
     default_spec,
     discovery_config,
     encode_state,
+    gateway_config,
+    gateway_identifier,
     parse_set_payload,
+    platform_for,
+    shorten,
     spec_from_dict,
     value_slug,
 )
+from transports.mqtt_registry import EntityRegistry
 
 DESCRIBE_RETRY = 60.0  # seconds between describe requests to a silent source
 DESCRIBE_GRACE = 5.0  # seconds to wait for a describe before announcing plain sensors
@@ -119,10 +125,17 @@ class MqttTransport(Transport[MqttSettings]):
         super().__init__(settings, ctx)
         self.topics = Topics(settings.base_topic, settings.discovery_prefix)
         self.devices: dict[str, Device] = {}
-        self.specs: dict[tuple[str, str], dict[str, ValueSpec]] = {}
+        self.registry = EntityRegistry(ctx.state_dir / "mqtt-registry.json", self.log)
+        self.registry.load()
+        self.gateway_id = gateway_identifier(self.topics)
         self.announced: dict[tuple[str, str], str] = {}  # (node, value) -> config topic
+        #: config topic -> payload published on the current broker connection (cleared on
+        #: every connect: a broker restarted without persistence has forgotten them all)
+        self.published: dict[str, str] = {}
+        self._duplicates: set[tuple[str, str]] = set()  # (node, section) warned about
         self.availability: dict[str, str] = {}
-        self.pending: OrderedDict[str, tuple[str, str]] = OrderedDict()
+        #: request id -> (node, value name, rounding note, number asked for, value written)
+        self.pending: OrderedDict[str, tuple[str, str, str, Any, Any]] = OrderedDict()
         self._asked: dict[str, float] = {}
         self._described_sources: set[str] = set()
         self._requests = 0
@@ -197,10 +210,11 @@ class MqttTransport(Transport[MqttSettings]):
         """Describe events update discovery; the rest is on disk when this returns."""
         keep: list[Envelope] = []
         for envelope in envelopes:
-            device = self._note(envelope)
             if envelope.kind == EVENT and envelope.data.get("event") == "describe":
-                self._described(envelope, device)
+                # no device from a describe alone: one never read would be a ghost in HA
+                self._described(envelope)
                 continue
+            device = self._note(envelope)
             if envelope.kind == READING:
                 self._ask_describe(device)
                 self._announce(device)
@@ -214,7 +228,7 @@ class MqttTransport(Transport[MqttSettings]):
             same = [d for d in self.devices.values() if d.source == envelope.source_transport]
             if len(same) == 1 and (not info or envelope.kind not in (READING, EVENT)):
                 return self._seen(same[0], envelope)
-        identity = DeviceIdentity.from_info(envelope.source_transport, info)
+        identity = self._identity(envelope.source_transport, info)
         device = self.devices.get(identity.node)
         refresh = envelope.kind in (READING, EVENT) and info and device is not None and (
             device.identity != identity
@@ -224,8 +238,28 @@ class MqttTransport(Transport[MqttSettings]):
             device = Device(identity, envelope.source_transport, info.get("device_identifier", ""))
             if old is not None:
                 device.values, device.last = old.values, old.last
+            for key in ((device.source, ""), (device.source, device.device_id)):
+                for name in self.registry.specs.get(key, {}):  # described before first seen
+                    device.values.setdefault(value_slug(name), name)
             self.devices[identity.node] = device
         return self._seen(device, envelope)
+
+    def _identity(self, source: str, info: dict[str, str]) -> DeviceIdentity:
+        """The device's identity; qualified by section when another section has its id."""
+        identity = DeviceIdentity.from_info(source, info, via=self.gateway_id)
+        if self.registry.claim(identity.node, identity.uid, source):
+            return identity
+        qualified = identity.qualified(source)
+        if (identity.node, source) not in self._duplicates:
+            self._duplicates.add((identity.node, source))
+            owner = self.registry.owners.get(f"node:{identity.node}") or self.registry.owners.get(
+                f"uid:{identity.uid}", "?")
+            self.ctx.counters.error(f"device id {identity.node} used by {owner} and {source}")
+            self.log.warning(
+                "section %s reports device %r (serial %r), already used by section %s: "
+                "published as %s so that both appear; give one a distinct identity",
+                source, identity.node, identity.serial, owner, qualified.node)
+        return qualified
 
     @staticmethod
     def _seen(device: Device, envelope: Envelope) -> Device:
@@ -236,10 +270,9 @@ class MqttTransport(Transport[MqttSettings]):
         return device
 
     def spec(self, device: Device, name: str) -> ValueSpec | None:
-        own = self.specs.get((device.source, device.device_id), {})
-        return own.get(name) or self.specs.get((device.source, ""), {}).get(name)
+        return self.registry.spec(device.source, device.device_id, name)
 
-    def _described(self, envelope: Envelope, device: Device) -> None:
+    def _described(self, envelope: Envelope) -> None:
         values = envelope.data.get("values") or {}
         specs: dict[str, ValueSpec] = {}
         for name, raw in values.items():
@@ -249,15 +282,14 @@ class MqttTransport(Transport[MqttSettings]):
                 self.ctx.counters.error(f"bad describe for {name}: {exc}")
                 self.log.warning("describe from %s: value %r unusable: %s",
                                  envelope.source_transport, name, exc)
-        key = (envelope.source_transport,
-               (envelope.source_transport_info or {}).get("device_identifier", ""))
-        self.specs[key] = specs
+        device_id = (envelope.source_transport_info or {}).get("device_identifier", "")
+        self.registry.describe(envelope.source_transport, device_id, specs)
         self._described_sources.add(envelope.source_transport)
-        for name in specs:
-            device.values.setdefault(value_slug(name), name)
         for other in self.devices.values():
-            if other.source == envelope.source_transport:
-                self._announce(other, force=True)
+            if other.source == envelope.source_transport and device_id in ("", other.device_id):
+                for name in specs:
+                    other.values.setdefault(value_slug(name), name)
+                self._announce(other)  # only what changed: a reconnect re-describes the same
 
     def _ask_describe(self, device: Device) -> None:
         if device.source in self._described_sources:
@@ -275,13 +307,18 @@ class MqttTransport(Transport[MqttSettings]):
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
 
-    # -- discovery -----------------------------------------------------------------------
-    def _announce(self, device: Device, force: bool = False) -> None:
-        """Publish discovery configs for the device's values not yet announced (or all)."""
+    # -- discovery ---------------------------------------------------------------------
+    def _announce(self, device: Device) -> None:
+        """Publish the discovery configs of the device's values that differ from what this
+        broker connection already has (a re-describe on a Modbus reconnect publishes nothing).
+
+        Only values the device has reported (and buttons, which have no state) are announced:
+        an entity whose state topic is never written would sit "unknown" in HA forever.
+        """
         link = self.link
         if not self.settings.discovery or link is None or not link.connected:
             return
-        described = device.source in self._described_sources
+        described = self.registry.described(device.source)
         waited = time.monotonic() - device.first_seen > DESCRIBE_GRACE
         for name in list(device.values.values()):
             spec = self.spec(device, name)
@@ -289,19 +326,49 @@ class MqttTransport(Transport[MqttSettings]):
                 if not (described or waited) or name not in device.last:
                     continue
                 spec = default_spec(name, device.last[name])
-            key = (device.identity.node, name)
-            if key in self.announced and not force:
+            elif platform_for(spec) == "button":
+                if not spec.writable:
+                    continue  # a button nobody may press: nothing to show
+            elif name not in device.last:
                 continue
+            key = (device.identity.node, name)
             topic, payload = discovery_config(self.topics, device.identity, spec, self.settings.qos)
             old = self.announced.get(key)
             if old is not None and old != topic:
                 link.publish_nowait(old, b"", 1, True)  # the platform changed: remove the old
-            link.publish_nowait(topic, json.dumps(payload, separators=(",", ":")), 1, True)
+                self.published.pop(old, None)
+            self._publish_config(topic, payload)
             self.announced[key] = topic
 
+    def _publish_config(self, topic: str, payload: dict[str, Any]) -> None:
+        text = json.dumps(payload, separators=(",", ":"))
+        if self.published.get(topic) == text or self.link is None:
+            return
+        self.link.publish_nowait(topic, text, 1, True)
+        self.published[topic] = text
+
     def _connected(self) -> None:
-        for device in self.devices.values():
-            self._announce(device, force=True)
+        """A (re)connect, or Home Assistant came online: the broker may have lost every retained
+        message (restarted without persistence), so give it all we know at once: discovery,
+        each device's availability and its last states, without waiting for the next scan."""
+        self.published.clear()
+        link = self.link
+        if link is not None and link.connected:
+            qos, retain = self.settings.qos, self.settings.retain
+            if self.settings.discovery:
+                self._publish_config(*gateway_config(self.topics, qos))
+            for device in self.devices.values():
+                if not device.last:
+                    continue  # never read: nothing to show yet
+                node = device.identity.node
+                self._announce(device)
+                link.publish_nowait(self.topics.availability(node),
+                                    self.availability.get(node, ONLINE), qos, True)
+                if self.buffer.backlog:
+                    continue  # newer states are on their way from the buffer, in order
+                for name, value in device.last.items():
+                    link.publish_nowait(self.topics.state(node, value_slug(name)),
+                                        encode_state(value, self.spec(device, name)), qos, retain)
         self.buffer.wake()
 
     # -- commands in ---------------------------------------------------------------------
@@ -309,7 +376,8 @@ class MqttTransport(Transport[MqttSettings]):
         try:
             self._handle_message(topic, payload, retained)
         except Exception as exc:  # a bad message must never stop the transport
-            self.log.exception("message on %s not handled; payload %r", topic, payload[:200])
+            self.log.exception("message on %s not handled; payload %r", shorten(topic, 200),
+                               payload[:200])
             parsed = self.topics.parse_command(topic)
             if parsed is not None:
                 self._refuse(*parsed, payload, CommandError("error", f"internal error: {exc}"))
@@ -323,42 +391,56 @@ class MqttTransport(Transport[MqttSettings]):
         if parsed is None:
             return
         node, slug_ = parsed
+        if not payload:
+            # Clearing a retained /set (an empty retained message) is housekeeping, not a write.
+            self.log.debug("empty message on %s ignored", shorten(topic, 200))
+            return
         if retained:
+            # MQTT 5's retain-as-published shows the flag on live messages too, so a retained
+            # /set is refused the same way whether it was there at connect or arrives later.
             self._refuse(node, slug_, payload, CommandError(
-                "rejected", "retained command ignored (a retained /set would replay forever)"))
+                "rejected", "retained /set refused: publish commands with retain off "
+                "(a retained one would be replayed at every reconnect); clear it with an "
+                "empty retained message"))
             return
         device = self.devices.get(node)
         if device is None:
-            self._refuse(node, slug_, payload, CommandError("unknown_device",
-                                                            f"no device {node!r} seen yet"))
+            self._refuse(node, slug_, payload, CommandError(
+                "unknown_device", f"no device {shorten(node)!r} seen yet"))
             return
         name = device.values.get(slug_, slug_)
         try:
-            value, request_id = parse_set_payload(payload, self.spec(device, name))
+            request = parse_set_payload(payload, self.spec(device, name))
         except CommandError as exc:
             self._refuse(node, slug_, payload, exc)
             return
         self._requests += 1
-        request_id = request_id or f"{self.ctx.name}-{self._requests}"
-        data: dict[str, Any] = {"command": "write", "values": {name: value},
+        request_id = request.request_id or f"{self.ctx.name}-{self._requests}"
+        data: dict[str, Any] = {"command": "write", "values": {name: request.value},
                                 "request_id": request_id}
         if device.device_id:
             data["device"] = device.device_id
-        self.pending[request_id] = (node, name)
+        self.pending[request_id] = (node, name, request.note, request.requested, request.value)
         while len(self.pending) > PENDING_MAX:
             self.pending.popitem(last=False)
         self.ctx.counters.extra["commands"] = int(self.ctx.counters.extra["commands"]) + 1
         self._spawn(self.ctx.emit(COMMAND, data, target=device.source))
 
     def _refuse(self, node: str, value: str, payload: bytes, exc: CommandError) -> None:
+        """A short result and one log line; neither carries more than ~200 characters of what
+        the sender wrote (a payload over MAX_SET_PAYLOAD is not quoted at all)."""
         self.ctx.counters.extra["command_errors"] = (
             int(self.ctx.counters.extra["command_errors"]) + 1
         )
-        self.ctx.counters.error(exc.detail)
-        self.log.warning("command on %s/%s refused (%s): %s; payload %r",
-                         node, value, exc.result, exc.detail, payload[:200])
-        body = {"value": value, "ok": False, "result": exc.result, "detail": exc.detail,
-                "request_id": "", "payload": payload[:200].decode("utf-8", "backslashreplace")}
+        shown_node, shown_value = shorten(node, 80), shorten(value, 80)
+        self.ctx.counters.error(exc.detail[:200])
+        quoted = payload[:100] if len(payload) <= MAX_SET_PAYLOAD else b""
+        self.log.warning("command on %s/%s refused (%s): %s; payload %r (%d bytes)",
+                         shown_node, shown_value, exc.result, exc.detail[:200], quoted,
+                         len(payload))
+        body = {"value": shown_value, "ok": False, "result": exc.result,
+                "detail": exc.detail[:200], "request_id": "",
+                "payload": quoted.decode("utf-8", "backslashreplace")}
         if self.link is not None:
             self.link.publish_nowait(self.topics.result(node), json.dumps(body), 1, False)
 
@@ -389,17 +471,37 @@ class MqttTransport(Transport[MqttSettings]):
                 availability[node] = state
                 messages.append((topics.availability(node), state, qos, True))
             elif env.data.get("event") == "command_result":
-                messages.append(self._result_message(env, node))
+                messages += self._result_messages(env, device)
             else:
                 messages.append((topics.event(node), json.dumps(env.data, default=str), qos,
                                  False))
         return messages, availability
 
-    def _result_message(self, env: Envelope, node: str) -> Message:
+    def _result_messages(self, env: Envelope, device: Device) -> list[Message]:
+        """The result, and the read-back values the device sent with it as states at once
+        (HA's slider would otherwise snap back until the next scan)."""
         data = env.data
         request_id = str(data.get("request_id", ""))
-        target, value = self.pending.pop(request_id, (node, ""))
-        body = {"request_id": request_id, "value": value, "ok": bool(data.get("ok")),
-                "result": data.get("result", ""), "detail": data.get("detail", ""),
-                "command": data.get("command", "")}
-        return self.topics.result(target), json.dumps(body, default=str), self.settings.qos, False
+        node, value, note, requested, written = self.pending.pop(
+            request_id, (device.identity.node, "", "", None, None))
+        target = self.devices.get(node, device)
+        detail = str(data.get("detail", ""))
+        body: dict[str, Any] = {
+            "request_id": request_id, "value": value, "ok": bool(data.get("ok")),
+            "result": data.get("result", ""), "detail": "; ".join(p for p in (note, detail) if p),
+            "command": data.get("command", ""),
+        }
+        if requested is not None:
+            body["requested"] = requested  # and "detail" says what it was rounded to
+        qos, retain = self.settings.qos, self.settings.retain
+        messages: list[Message] = []
+        readback = data.get("values")
+        if not isinstance(readback, dict) and data.get("ok") and value and written is not None:
+            readback = {value: written}  # accepted, no read-back sent: the value written
+        if isinstance(readback, dict):
+            for name, got in readback.items():
+                target.last[name] = got
+                messages.append((self.topics.state(target.identity.node, value_slug(name)),
+                                 encode_state(got, self.spec(target, name)), qos, retain))
+        messages.append((self.topics.result(node), json.dumps(body, default=str), qos, False))
+        return messages

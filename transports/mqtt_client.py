@@ -22,6 +22,7 @@ from typing import Any
 
 import paho.mqtt.client as paho
 from paho.mqtt.enums import CallbackAPIVersion
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from gateway.backoff import FailureLog
 from gateway.buffer import SinkUnavailable
@@ -93,7 +94,9 @@ class MqttLink:
             self._hop(self.failure.failed, f"broker refused the connection: {reason}")
             return
         for topic, qos in self.subscriptions:
-            client.subscribe(topic, qos)
+            # retain-as-published: a retained message keeps its flag when it arrives live,
+            # so the transport can treat every retained /set the same way
+            client.subscribe(topic, options=SubscribeOptions(qos=qos, retainAsPublished=True))
         if self.birth is not None:
             topic, payload, qos, retain = self.birth
             client.publish(topic, payload, qos, retain)
@@ -143,11 +146,11 @@ class MqttLink:
         """Create the client and let paho's thread connect (and reconnect) in the background."""
         o = self.options
         self._loop = asyncio.get_running_loop()
+        # MQTT 5 (Mosquitto >= 1.6 and every current broker): for retain-as-published.
         client = paho.Client(
             callback_api_version=CallbackAPIVersion.VERSION2,
             client_id=o.client_id,
-            clean_session=True,
-            protocol=paho.MQTTv311,
+            protocol=paho.MQTTv5,
         )
         if o.username:
             client.username_pw_set(o.username, o.password or None)
@@ -170,7 +173,7 @@ class MqttLink:
         client.on_publish = self._paho_publish
         client.on_message = self._paho_message
         self._client = client
-        client.connect_async(o.host, o.port, o.keepalive)
+        client.connect_async(o.host, o.port, o.keepalive, clean_start=True)
         client.loop_start()
 
     def publish_nowait(self, topic: str, payload: str | bytes, qos: int, retain: bool) -> None:

@@ -7,6 +7,7 @@ Home Assistant discovery follows its MQTT discovery schema: one config per value
 ``<prefix>/<component>/<node_id>/<object_id>/config``, each with ``unique_id``, a ``device``
 block with ``identifiers`` (one HA device per physical device), ``origin`` and an
 ``availability`` list (the gateway's own topic and the device's, ``availability_mode: all``).
+Every device names the gateway's own device (:func:`gateway_config`) as ``via_device``.
 The platform is chosen from the value's :class:`ValueSpec` by the table below, in the spirit of
 Home Assistant's entity-description tables.
 """
@@ -16,7 +17,7 @@ from __future__ import annotations
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway import __version__
@@ -82,6 +83,27 @@ def label(name: str) -> str:
     return words[:1].upper() + words[1:] if words else name
 
 
+def display(spec: ValueSpec) -> str:
+    """The entity's name: the describe's display name (acronyms as the vendor writes them)."""
+    return spec.display_name.strip() or label(spec.name)
+
+
+def entity_name(spec: ValueSpec, device_name: str) -> str:
+    """The entity's name without a leading repeat of its device's name: HA shows the two
+    together ("Load sharing Mode"), and warns about a name that starts with the device's."""
+    name = display(spec)
+    prefix = device_name.strip().lower() + " "
+    if len(prefix) > 1 and name.lower().startswith(prefix) and len(name) > len(prefix):
+        rest = name[len(prefix):].strip()
+        return rest[:1].upper() + rest[1:]
+    return name
+
+
+def shorten(text: str, limit: int = 60) -> str:
+    """Untrusted text for a log line or a result: at most ``limit`` characters, marked."""
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} chars)"
+
+
 @dataclass(frozen=True)
 class Topics:
     """The documented topic layout, built from ``base_topic`` and ``discovery_prefix``."""
@@ -138,8 +160,15 @@ def platform_for(spec: ValueSpec) -> str:
 
 def encode_state(value: Any, spec: ValueSpec | None = None) -> str:
     """The state payload: ON/OFF for booleans and switches, plain text for the rest."""
-    if spec is not None and spec.kind in ("switch", "binary") and not isinstance(value, str):
-        return ON if value else OFF
+    if spec is not None and spec.kind in ("switch", "binary"):
+        if not isinstance(value, str):
+            return ON if value else OFF
+        word = value.strip().lower()
+        on_text = spec.options[1].lower() if len(spec.options) == 2 else ""
+        if word in _TRUE or word == on_text:
+            return ON
+        if word in _FALSE or (len(spec.options) == 2 and word == spec.options[0].lower()):
+            return OFF
     if isinstance(value, bool):
         return ON if value else OFF
     if isinstance(value, float):
@@ -160,31 +189,58 @@ _TRUE = {"on", "true", "1", "yes", "press"}
 _FALSE = {"off", "false", "0", "no"}
 
 
-def parse_set_payload(payload: bytes, spec: ValueSpec | None) -> tuple[Any, str | None]:
-    """``/set`` payload -> (value, request_id or None), or :class:`CommandError`.
+#: Largest ``/set`` payload looked at; a longer one is refused unread (and never echoed).
+MAX_SET_PAYLOAD = 4096
+
+
+@dataclass(frozen=True)
+class SetRequest:
+    """A ``/set`` payload turned into a write: the value, the caller's request id and what
+    was changed on the way (``note``: a rounding to the value's step), for the result."""
+
+    value: Any
+    request_id: str | None = None
+    note: str = ""
+    requested: Any = None  # the number asked for, when ``value`` is it rounded
+
+
+def parse_set_payload(payload: bytes, spec: ValueSpec | None) -> SetRequest:
+    """``/set`` payload -> :class:`SetRequest`, or :class:`CommandError`.
 
     Accepted: the bare value as text (``16``, ``ON``, ``eco``), or JSON ``{"value": ...,
-    "request_id": "..."}`` to choose the request id echoed on the result topic.
+    "request_id": "..."}`` to choose the request id echoed on the result topic. Error details
+    quote at most 60 characters of the payload.
     """
+    if len(payload) > MAX_SET_PAYLOAD:
+        raise CommandError("rejected", f"payload of {len(payload)} bytes is over the "
+                                       f"{MAX_SET_PAYLOAD}-byte limit; not read")
     try:
         text = payload.decode("utf-8").strip()
-    except UnicodeDecodeError as exc:
-        raise CommandError("malformed", f"payload is not UTF-8: {payload!r}") from exc
+    except UnicodeDecodeError:
+        raise CommandError("malformed", f"payload is not UTF-8: {shorten(repr(payload))}"
+                           ) from None
     request_id: str | None = None
     raw: Any = text
     if text.startswith("{"):
         try:
             obj = json.loads(text)
-        except ValueError as exc:
-            raise CommandError("malformed", f"payload is not valid JSON: {text!r}") from exc
+        except ValueError:
+            raise CommandError("malformed", f"payload is not valid JSON: {shorten(repr(text))}"
+                               ) from None
         if not isinstance(obj, dict) or "value" not in obj:
             raise CommandError("malformed", 'a JSON payload needs a "value" key')
         raw = obj["value"]
         if obj.get("request_id") is not None:
-            request_id = str(obj["request_id"])
+            request_id = shorten(str(obj["request_id"]), 100)
     if raw == "":
         raise CommandError("malformed", "empty payload")
-    return _convert(raw, spec), request_id
+    if spec is not None and spec.kind == "number" and spec.writable:
+        value, requested = _number(raw, spec)
+        if requested is not None:
+            note = f"{requested:g} rounded to {value:g} (step {spec.step:g})"
+            return SetRequest(value, request_id, note, requested)
+        return SetRequest(value, request_id)
+    return SetRequest(_convert(raw, spec), request_id)
 
 
 def _convert(raw: Any, spec: ValueSpec | None) -> Any:
@@ -192,39 +248,57 @@ def _convert(raw: Any, spec: ValueSpec | None) -> Any:
         return _guess(raw)
     if not spec.writable:
         raise CommandError("rejected", f"{spec.name} is read-only")
+    shown = shorten(repr(raw))
     if spec.kind in ("switch", "binary", "button"):
         word = str(raw).strip().lower() if not isinstance(raw, bool) else str(raw).lower()
         if word in _TRUE:
-            return True
-        if word in _FALSE and spec.kind != "button":
-            return False
-        raise CommandError("malformed", f"{spec.name} expects ON or OFF, got {raw!r}")
+            on = True
+        elif word in _FALSE and spec.kind != "button":
+            on = False
+        else:
+            raise CommandError("malformed", f"{spec.name} expects ON or OFF, got {shown}")
+        if spec.kind == "switch" and len(spec.options) == 2:
+            return spec.options[1] if on else spec.options[0]  # an Off/On enum register
+        return on
     if spec.kind == "select":
         if str(raw) not in spec.options:
             raise CommandError(
-                "malformed", f"{spec.name} expects one of {list(spec.options)}, got {raw!r}"
+                "malformed", f"{spec.name} expects one of {list(spec.options)}, got {shown}"
             )
         return str(raw)
     if spec.kind == "text":
         return str(raw)
-    return _number(raw, spec)
+    return _number(raw, spec)[0]
 
 
-def _number(raw: Any, spec: ValueSpec) -> float | int:
+def _number(raw: Any, spec: ValueSpec) -> tuple[float | int, float | None]:
+    """(the number to write, the number asked for when it had to be rounded to the step)."""
+    shown = shorten(repr(raw))
     if isinstance(raw, bool):
-        raise CommandError("malformed", f"{spec.name} expects a number, got {raw!r}")
+        raise CommandError("malformed", f"{spec.name} expects a number, got {shown}")
     try:
         number = float(raw)
-    except (TypeError, ValueError) as exc:
-        raise CommandError("malformed", f"{spec.name} expects a number, got {raw!r}") from exc
+    except (TypeError, ValueError):
+        raise CommandError("malformed", f"{spec.name} expects a number, got {shown}") from None
     if not math.isfinite(number):
-        raise CommandError("malformed", f"{spec.name} expects a finite number, got {raw!r}")
+        raise CommandError("malformed", f"{spec.name} expects a finite number, got {shown}")
     if spec.minimum is not None and number < spec.minimum:
-        raise CommandError("rejected", f"{spec.name} minimum is {spec.minimum}, got {raw!r}")
+        raise CommandError("rejected", f"{spec.name} minimum is {spec.minimum:g}, got {shown}")
     if spec.maximum is not None and number > spec.maximum:
-        raise CommandError("rejected", f"{spec.name} maximum is {spec.maximum}, got {raw!r}")
+        raise CommandError("rejected", f"{spec.name} maximum is {spec.maximum:g}, got {shown}")
+    requested = None
+    if spec.step is not None and spec.step > 0:
+        base = spec.minimum if spec.minimum is not None else 0.0
+        steps = math.floor((number - base) / spec.step + 0.5)  # half up: 16.5 -> 17
+        snapped = base + steps * spec.step
+        snapped = float(f"{snapped:.10g}")  # 0.1 * 3 -> 0.3, not 0.30000000000000004
+        if spec.maximum is not None and snapped > spec.maximum:
+            snapped -= spec.step
+        if not math.isclose(snapped, number, rel_tol=0, abs_tol=spec.step * 1e-6):
+            requested = number
+        number = snapped
     integral = spec.step is not None and float(spec.step).is_integer()
-    return int(number) if integral and number.is_integer() else number
+    return (int(number) if integral and number.is_integer() else number), requested
 
 
 def _guess(raw: Any) -> Any:
@@ -247,6 +321,9 @@ def _guess(raw: Any) -> Any:
     return number if math.isfinite(number) else raw
 
 
+GATEWAY_MANUFACTURER = "protocol-gateway"
+
+
 @dataclass(frozen=True)
 class DeviceIdentity:
     """What HA's device block needs, from an envelope's ``source_transport_info``."""
@@ -257,9 +334,10 @@ class DeviceIdentity:
     manufacturer: str = ""
     model: str = ""
     serial: str = ""
+    via: str = ""  # the gateway device's identifier (HA's via_device)
 
     @classmethod
-    def from_info(cls, source: str, info: dict[str, str]) -> DeviceIdentity:
+    def from_info(cls, source: str, info: dict[str, str], via: str = "") -> DeviceIdentity:
         ident = info.get("device_identifier", "") or source
         serial = info.get("device_serial_number", "")
         manufacturer = info.get("device_manufacturer", "")
@@ -272,17 +350,53 @@ class DeviceIdentity:
             manufacturer=manufacturer,
             model=model,
             serial=serial,
+            via=via,
         )
 
+    def qualified(self, section: str) -> DeviceIdentity:
+        """The same device told apart by its section: for an identifier two sections share
+        (two inverters with one serial number); topics and unique ids both get the prefix."""
+        return replace(self, node=slug(f"{section}_{self.node}"),
+                       uid=slug(f"{section}_{self.uid}"))
+
     def block(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"identifiers": [f"pgw_{self.uid}"], "name": self.name}
-        if self.manufacturer:
-            out["manufacturer"] = self.manufacturer
-        if self.model:
-            out["model"] = self.model
+        out: dict[str, Any] = {
+            "identifiers": [f"pgw_{self.uid}"], "name": self.name,
+            # HA shows both; a transport that names neither still gets a truthful pair
+            "manufacturer": self.manufacturer or GATEWAY_MANUFACTURER,
+            "model": self.model or "device",
+        }
         if self.serial:
             out["serial_number"] = self.serial
+        if self.via:
+            out["via_device"] = self.via
         return out
+
+
+def gateway_identifier(topics: Topics) -> str:
+    """The gateway's own HA device: one per ``base_topic`` (one gateway per base topic)."""
+    return f"pgw_gateway_{slug(topics.base)}"
+
+
+def gateway_config(topics: Topics, qos: int = 1) -> tuple[str, dict[str, Any]]:
+    """The gateway device (every device's ``via_device``) and its one entity: the bridge's
+    connection, from the retained ``<base>/status`` (birth ``online``, last will ``offline``)."""
+    ident = gateway_identifier(topics)
+    payload: dict[str, Any] = {
+        "name": "Connection",
+        "unique_id": f"{ident}_connection",
+        "device": {"identifiers": [ident], "name": f"protocol-gateway {topics.base}",
+                   "manufacturer": GATEWAY_MANUFACTURER, "model": "gateway",
+                   "sw_version": __version__},
+        "origin": {"name": "protocol-gateway", "sw_version": __version__},
+        "state_topic": topics.gateway_status,
+        "payload_on": ONLINE,
+        "payload_off": OFFLINE,
+        "device_class": "connectivity",
+        "entity_category": "diagnostic",
+        "qos": qos,
+    }
+    return topics.discovery("binary_sensor", slug(ident), "connection"), payload
 
 
 def discovery_config(
@@ -292,7 +406,7 @@ def discovery_config(
     platform = platform_for(spec)
     value = value_slug(spec.name)
     payload: dict[str, Any] = {
-        "name": label(spec.name),
+        "name": entity_name(spec, device.name),
         "unique_id": f"pgw_{device.uid}_{value}",
         "device": device.block(),
         "origin": {"name": "protocol-gateway", "sw_version": __version__},
@@ -311,6 +425,13 @@ def discovery_config(
         payload["state_topic"] = state
     if platform in ("number", "switch", "select", "text", "button"):
         payload["command_topic"] = command
+    category = spec.entity_category
+    if category == "config" and platform in ("sensor", "binary_sensor"):
+        category = "diagnostic"  # HA refuses "config" on a read-only entity
+    if category in ("config", "diagnostic"):
+        payload["entity_category"] = category
+    if spec.icon.startswith("mdi:"):
+        payload["icon"] = spec.icon
     _PLATFORM_KEYS[platform](payload, spec)
     return topics.discovery(platform, device.node, value), payload
 

@@ -63,15 +63,16 @@ SPECS = [
     ValueSpec("load_1m", state_class="measurement"),
     ValueSpec("load_5m", state_class="measurement"),
     ValueSpec("load_15m", state_class="measurement"),
-    ValueSpec("cpu_count"),
+    ValueSpec("cpu_count", display_name="CPU count", entity_category="diagnostic"),
     ValueSpec("memory_used_percent", unit="%", state_class="measurement"),
     ValueSpec("memory_available_mb", unit="MB", device_class="data_size",
               state_class="measurement"),
     ValueSpec("disk_used_percent", unit="%", state_class="measurement"),
     ValueSpec("disk_free_gb", unit="GB", device_class="data_size", state_class="measurement"),
     ValueSpec("cpu_temperature", unit="°C", device_class="temperature",
-              state_class="measurement"),
-    ValueSpec("uptime", unit="s", device_class="duration", state_class="measurement"),
+              state_class="measurement", display_name="CPU temperature"),
+    ValueSpec("uptime", unit="s", device_class="duration", state_class="measurement",
+              entity_category="diagnostic"),
 ]
 
 

@@ -116,8 +116,7 @@ class Shown:
             "loadsharing_online_count": online, "loadsharing_offline_count": offline}
         if limit is not None:  # no limit while not in a group
             data["loadsharing_limit"] = limit
-        await self.t.ctx.emit("reading", data, info={"transport_name": self.t.ctx.name,
-                                                      "device_identifier": self.me})
+        await self.t.ctx.emit("reading", data, info=self.t.device_info())
 
 
 async def _member(t: LoadSharing, bind: str, port: int, me: str,

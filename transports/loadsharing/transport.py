@@ -158,7 +158,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
             await self.ctx.emit(STATUS, {"available": False, "reason": "disabled"})
             await self.ctx.stopping.wait()
             return
-        await self.ctx.emit(EVENT, describe_event(_specs()))
+        await self.ctx.emit(EVENT, describe_event(_specs()), info=self.device_info())
         if s.node_listen:
             await self._run_on_http()
             return
@@ -193,6 +193,18 @@ class LoadSharing(Transport[LoadSharingSettings]):
         finally:
             for w in workers:
                 w.cancel()
+
+    def device_info(self) -> dict[str, str]:
+        """Who the describe is about: the same node id as the readings' (HA's device)."""
+        if self.settings.node_listen:
+            from transports.loadsharing.openevse_roles import _address
+
+            me = _address(self)[2]
+        else:
+            me = node_config(self.settings, self.ctx.general.instance).node_id
+        return {"transport_name": self.ctx.name, "device_identifier": me,
+                "device_name": f"Load sharing {me}", "device_manufacturer": "protocol-gateway",
+                "device_model": "load-sharing node"}
 
     async def _run_on_http(self) -> None:
         """OpenEVSE's wire: the masterless node (``network.py``), or a role in an OpenEVSE group
@@ -365,7 +377,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
             "loadsharing_failsafe": n.failsafe_active,
             "loadsharing_online_count": snap["online_count"],
             "loadsharing_offline_count": snap["offline_count"],
-        }, info={"transport_name": self.ctx.name, "device_identifier": n.config.node_id})
+        }, info=self.device_info())
 
 
 def _number(value: Any) -> float | None:
@@ -376,9 +388,14 @@ def _number(value: Any) -> float | None:
 
 def _specs() -> list[ValueSpec]:
     return [
-        ValueSpec("loadsharing_mode", kind="select", options=("agreed", "hold", "failsafe")),
-        ValueSpec("loadsharing_limit", "A", "current", "measurement"),
-        ValueSpec("loadsharing_failsafe", kind="binary", device_class="problem"),
-        ValueSpec("loadsharing_online_count", state_class="measurement"),
-        ValueSpec("loadsharing_offline_count", state_class="measurement"),
+        # every mode a reading can carry: the node's, and an OpenEVSE role's
+        ValueSpec("loadsharing_mode", kind="select", display_name="Mode",
+                  options=("agreed", "hold", "failsafe", "member", "waiting", "controller")),
+        ValueSpec("loadsharing_limit", "A", "current", "measurement", display_name="Limit"),
+        ValueSpec("loadsharing_failsafe", kind="binary", device_class="problem",
+                  display_name="Failsafe"),
+        ValueSpec("loadsharing_online_count", state_class="measurement",
+                  display_name="Members online", icon="mdi:account-multiple-check"),
+        ValueSpec("loadsharing_offline_count", state_class="measurement",
+                  display_name="Members offline", icon="mdi:account-multiple-remove"),
     ]

@@ -45,9 +45,12 @@ class ModbusDevice:
         *,
         batch_size: int = 0,
         link: LinkCost | None = None,
+        writable: frozenset[str] | set[str] = frozenset(),
     ) -> None:
         self.unit_id = unit_id
         self.map = regmap
+        #: opt-in registers (``writable = opt-in`` in the map) this section allows writing
+        self.opted_in = frozenset(writable)
         self.batch_size = batch_size or regmap.batch_size
         self.plan: ReadPlan = plan_reads(
             regmap.values, batch_size=self.batch_size, unreadable=regmap.unreadable, link=link
@@ -78,14 +81,20 @@ class ModbusDevice:
             if name not in self.map:
                 raise WriteRejected(f"{name}: no such value in map {self.map.name}")
             spec = self.map[name]
-            if not spec.writable:
+            if not self.can_write(spec):
+                if spec.opt_in:
+                    raise WriteRejected(f"{name}: a device configuration register, read-only "
+                                        "unless the section lists it in 'writable ='")
                 raise WriteRejected(f"{name}: read-only")
             ops.append(WriteOp(spec, to_raw(spec, value)))
         return ops
 
+    def can_write(self, spec: RegisterValue) -> bool:
+        return spec.writable and (not spec.opt_in or spec.name in self.opted_in)
+
     # ------------------------------------------------------------------ describing
     def specs(self) -> list[ValueSpec]:
-        return [value_spec(v) for v in self.map.values if v.readable]
+        return [value_spec(v, self.can_write(v)) for v in self.map.values if v.readable]
 
     def info(self, transport_name: str, serial: str = "") -> dict[str, str]:
         meta = self.map.meta
@@ -99,12 +108,24 @@ class ModbusDevice:
         }
 
 
-def value_spec(v: RegisterValue) -> ValueSpec:
-    """What outputs (Home Assistant discovery) need to know about one map value."""
+#: two-option enums that are really a switch: (off text, on text), lower case
+_SWITCH_WORDS = {("off", "on"), ("disabled", "enabled"), ("disable", "enable"), ("no", "yes")}
+
+
+def value_spec(v: RegisterValue, writable: bool | None = None) -> ValueSpec:
+    """What outputs (Home Assistant discovery) need to know about one map value.
+
+    ``writable`` is the section's answer (opt-in registers); None = as the map says.
+    """
+    writable = v.writable if writable is None else writable
+    options = tuple(text for _, text in v.options)
+    keys = tuple(key for key, _ in v.options)
     if v.dtype == "bool":
-        kind = "switch" if v.writable else "binary"
+        kind = "switch" if writable else "binary"
+    elif keys == (0, 1) and tuple(o.lower() for o in options) in _SWITCH_WORDS:
+        kind = "switch" if writable else "binary"  # 0=Off;1=On: a switch, not a select
     elif v.options:
-        kind = "select" if v.writable else "text"
+        kind = "select"  # read-only: an enum sensor with its options
     elif v.dtype == "string":
         kind = "text"
     else:
@@ -114,10 +135,14 @@ def value_spec(v: RegisterValue) -> ValueSpec:
         step = v.scale
         low, high = (0, (1 << v.bit_width) - 1) if v.dtype == "bits" else INT_RANGE[v.dtype]
         ends = sorted((low * v.scale + v.offset, high * v.scale + v.offset))
-        minimum = ends[0] if minimum is None and v.writable else minimum
-        maximum = ends[1] if maximum is None and v.writable else maximum
+        minimum = ends[0] if minimum is None and writable else minimum
+        maximum = ends[1] if maximum is None and writable else maximum
+    device_class = v.device_class
+    if kind == "select" and device_class == "enum":
+        device_class = ""  # implied by the options
     return ValueSpec(
-        name=v.name, unit=v.unit, device_class=v.device_class, state_class=v.state_class,
-        writable=v.writable, minimum=minimum, maximum=maximum, step=step,
-        options=tuple(text for _, text in v.options), kind=kind,
+        name=v.name, unit=v.unit, device_class=device_class, state_class=v.state_class,
+        writable=writable, minimum=minimum, maximum=maximum, step=step,
+        options=options, kind=kind, display_name=v.display_name,
+        entity_category=v.entity_category,
     )

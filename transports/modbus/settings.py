@@ -2,11 +2,18 @@
 
 from __future__ import annotations
 
-from pydantic import Field, field_validator
+from pydantic import Field, field_validator, model_validator
 
-from gateway.settings import ByteSize, Parity, StopBits, TransportSettings, serial_identity
+from gateway.settings import (
+    ByteSize,
+    Parity,
+    StopBits,
+    StrList,
+    TransportSettings,
+    serial_identity,
+)
 from protocols.read_plan import DEFAULT_TURNAROUND
-from protocols.registers import MapError, available_maps, load_map, map_path
+from protocols.registers import MapError, available_maps, check_writable, load_map, map_path
 
 
 def check_map(value: str) -> str:
@@ -49,11 +56,20 @@ class ModbusSettings(TransportSettings):
     reconnect_max: float = Field(
         default=30.0, gt=0, description="longest wait between reconnect attempts (seconds)"
     )
+    writable: StrList = Field(
+        default=(), description="device configuration registers (the map's writable = opt-in: "
+        "address, baud rate, ...) that may be written; comma separated; default none"
+    )
 
     @field_validator("protocol_version")
     @classmethod
     def _known_map(cls, value: str) -> str:
         return check_map(value)
+
+    @model_validator(mode="after")
+    def _writable_in_map(self) -> ModbusSettings:
+        check_writable(load_map(self.protocol_version), self.writable)
+        return self
 
     def where(self) -> str:
         raise NotImplementedError

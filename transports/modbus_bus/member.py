@@ -34,7 +34,8 @@ class Member:
         #: how each request to it is made: its own timeout, retries and pauses
         self.policy = CallPolicy(cfg.timeout, cfg.retries, cfg.request_delay, cfg.connect_delay)
         regmap = load_map(cfg.protocol_version)
-        self.device = ModbusDevice(cfg.unit, regmap, batch_size=cfg.batch_size, link=cost)
+        self.device = ModbusDevice(cfg.unit, regmap, batch_size=cfg.batch_size, link=cost,
+                                   writable=frozenset(cfg.writable))
         self.blocks = BlockMemory(regmap, self.device.batch_size, cost)
         self.serial = ""
         self.available: bool | None = None

@@ -43,6 +43,7 @@ from gateway.settings import (
     serial_identity,
 )
 from protocols.read_plan import DEFAULT_TURNAROUND
+from protocols.registers import check_writable, load_map
 from transports.modbus.settings import check_map
 from transports.modbus_bus.port_resolve import UsbSelector
 
@@ -73,11 +74,18 @@ class BusDeviceSettings(Settings):
                                    description="registers per read at most; 0 = the map's")
     turnaround: float | None = Field(default=None, ge=0, le=10,
                                      description="the device's think time per request (s)")
+    writable: StrList = Field(default=(), description="configuration registers (the map's "
+                              "writable = opt-in) this device may have written; default none")
 
     @field_validator("protocol_version")
     @classmethod
     def _known_map(cls, value: str) -> str:
         return check_map(value)
+
+    @model_validator(mode="after")
+    def _writable_in_map(self) -> BusDeviceSettings:
+        check_writable(load_map(self.protocol_version), self.writable)
+        return self
 
 
 @dataclass(frozen=True)
@@ -96,6 +104,7 @@ class BusDevice:
     quarantine_max: float
     batch_size: int
     turnaround: float
+    writable: tuple[str, ...] = ()
 
 
 def _custom(kind: str, message: str, key: str, given: Any) -> InitErrorDetails:
@@ -234,7 +243,8 @@ class BusSettings(TransportSettings):
             own = {k: getattr(dev, k) for k in DEVICE_DEFAULTS}
             merged = {k: (getattr(self, k) if own[k] is None else own[k]) for k in own}
             out.append(BusDevice(name=name, unit=dev.unit,
-                                 protocol_version=dev.protocol_version, **merged))
+                                 protocol_version=dev.protocol_version, writable=dev.writable,
+                                 **merged))
         return out
 
     def where(self) -> str:

@@ -92,7 +92,8 @@ def sole_device(settings: ModbusSettings) -> BusDevice:
         timeout=settings.timeout, retries=settings.retries,
         request_delay=settings.request_delay, connect_delay=0.0,
         offline_after=settings.offline_after, quarantine_max=settings.reconnect_max,
-        batch_size=settings.batch_size, turnaround=settings.turnaround)
+        batch_size=settings.batch_size, turnaround=settings.turnaround,
+        writable=tuple(settings.writable))
 
 
 class ModbusBusTransport(Transport[AnySettings]):
