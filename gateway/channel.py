@@ -1,16 +1,18 @@
 """The wire between a transport's process and the supervisor: framed bytes on two pipes.
 
 Why pipes and not one shared ``multiprocessing.Queue``: a process killed while writing to a
-shared queue can leave its lock held and corrupt it for every other writer (SUPERVISION.md).
-Each transport gets its own pair of one-way pipes (one writer, one reader each), recreated on
-every restart; the supervisor forwards envelope batches by their raw bytes, without
-unpickling them, to the target's pipe. Pipes also wait with the process sentinels.
+shared queue can leave its lock held and corrupt it for every other writer (SUPERVISION.md),
+and a reader of a per-child Queue whose child was SIGKILLed in the middle of a ``put()`` waits
+for ever, ``get(timeout=...)`` or not (bench/queue_kill.py reproduces it). Each transport gets
+its own one-way pipes (one writer, one reader each), recreated on every restart; the
+supervisor forwards envelope batches by their raw bytes, without unpickling them, to the
+target's pipe. Pipes also wait with the process sentinels.
 
-Frames (first byte says what follows):
+Three pipes per child, so that data can never hold up control (docs/architecture.md):
 
     up   E<target>\\n<pickle of list[Envelope]>      a batch for one target
-    up   H<pickle of dict>                           heartbeat with counters
-    up   A<8-byte batch id>                          batch processed (at-least-once ack)
+    ctl  H<pickle of dict>                           heartbeat with counters
+    ctl  A<8-byte batch id>                          batch processed (at-least-once ack)
     down B<8-byte batch id><an up E frame, as is>    a batch to process
     down S                                           stop: drain, close, exit 0
 """
@@ -19,11 +21,22 @@ from __future__ import annotations
 
 import pickle
 import struct
+from dataclasses import dataclass
+from multiprocessing.connection import Connection
 from typing import Any
 
 from gateway.message import Envelope
 
 _ID = struct.Struct(">Q")
+
+
+@dataclass(frozen=True)
+class ChildEnds:
+    """The child's ends of its three pipes: data up, control up, batches down."""
+
+    up: Connection
+    ctl: Connection
+    down: Connection
 
 
 def envelope_frame(target: str, envelopes: list[Envelope]) -> bytes:

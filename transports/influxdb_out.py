@@ -176,7 +176,6 @@ class InfluxOut(Transport[InfluxSettings]):
             )
 
     async def run(self) -> None:
-        await self.connect()
         delivery = asyncio.create_task(self.buffer.run(self))
         stop = asyncio.create_task(self.ctx.stopping.wait())
         try:

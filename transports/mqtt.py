@@ -22,7 +22,7 @@ from pydantic import Field, field_validator, model_validator
 
 from gateway.buffer import BufferSettings, SinkUnavailable, StoreAndForward
 from gateway.instance import mqtt_client_id
-from gateway.message import COMMAND, EVENT, READING, STATUS, Envelope, ValueSpec
+from gateway.message import EVENT, READING, STATUS, Envelope, ValueSpec
 from gateway.settings import ExistingFile, Secret
 from transports import register
 from transports.base import Transport, TransportContext
@@ -126,12 +126,12 @@ class MqttTransport(Transport[MqttSettings]):
         self._asked: dict[str, float] = {}
         self._described_sources: set[str] = set()
         self._requests = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
         self.buffer = StoreAndForward(
             ctx.state_dir / "mqtt-buffer.sqlite3", settings, ctx.log, ctx.counters,
             what=f"delivery to MQTT broker {settings.host}:{settings.port}",
         )
         self.link: MqttLink | None = None
+        self.broker_up = asyncio.Event()  # delivery waits for it: no attempt before connected
         for key in ("commands", "command_errors"):
             ctx.counters.extra.setdefault(key, 0)
 
@@ -168,8 +168,7 @@ class MqttTransport(Transport[MqttSettings]):
         self.link.start()
 
     async def run(self) -> None:
-        await self.connect()
-        delivery = asyncio.create_task(self.buffer.run(self))
+        delivery = asyncio.create_task(self.buffer.run(self, self.broker_up))
         stop = asyncio.create_task(self.ctx.stopping.wait())
         try:
             done, _ = await asyncio.wait({delivery, stop}, return_when=asyncio.FIRST_COMPLETED)
@@ -186,8 +185,6 @@ class MqttTransport(Transport[MqttSettings]):
         if self.link is not None:
             await self.link.stop(last_words=(self.topics.gateway_status, OFFLINE, 1, True))
             self.link = None
-        for task in list(self._tasks):
-            task.cancel()
 
     # -- envelopes in --------------------------------------------------------------------
     async def receive(self, envelope: Envelope) -> None:
@@ -268,12 +265,7 @@ class MqttTransport(Transport[MqttSettings]):
         self._asked[device.source] = now
         self._requests += 1
         data = {"command": "describe", "request_id": f"{self.ctx.name}-describe-{self._requests}"}
-        self._spawn(self.ctx.emit(COMMAND, data, target=device.source))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.ctx.command(device.source, data)
 
     # -- discovery -----------------------------------------------------------------------
     def _announce(self, device: Device, force: bool = False) -> None:
@@ -302,6 +294,7 @@ class MqttTransport(Transport[MqttSettings]):
     def _connected(self) -> None:
         for device in self.devices.values():
             self._announce(device, force=True)
+        self.broker_up.set()
         self.buffer.wake()
 
     # -- commands in ---------------------------------------------------------------------
@@ -347,8 +340,10 @@ class MqttTransport(Transport[MqttSettings]):
         self.pending[request_id] = (node, name)
         while len(self.pending) > PENDING_MAX:
             self.pending.popitem(last=False)
-        self.ctx.counters.extra["commands"] = int(self.ctx.counters.extra["commands"]) + 1
-        self._spawn(self.ctx.emit(COMMAND, data, target=device.source))
+        self.ctx.counters.incr("commands")
+        # Never waits: the runner sends it inside the target's command window or answers it
+        # busy at once (the result comes back through receive_batch like any other).
+        self.ctx.command(device.source, data)
 
     def _refuse(self, node: str, value: str, payload: bytes, exc: CommandError) -> None:
         self.ctx.counters.extra["command_errors"] = (
@@ -364,8 +359,9 @@ class MqttTransport(Transport[MqttSettings]):
 
     # -- the sink the buffer writes to ---------------------------------------------------
     async def write(self, batch: Sequence[Envelope]) -> None:
-        if self.link is None:
-            raise SinkUnavailable("MQTT client not started")
+        if self.link is None or not self.link.connected:
+            self.broker_up.clear()  # wait for the next connection (the link logs the outage)
+            raise SinkUnavailable("not connected to the MQTT broker")
         messages, availability = self._render(batch)
         await self.link.publish_many(messages, self.settings.publish_timeout)
         self.availability.update(availability)
