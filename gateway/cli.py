@@ -24,7 +24,7 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gateway import logs, status_http
+from gateway import logs
 from gateway.config import ConfigError, GatewayConfig, effective_settings, load_config, render_ini
 
 EXIT_CONFIG = 2
@@ -147,6 +147,7 @@ def run_gateway(config: GatewayConfig, notifier: Any = None) -> int:
         return EXIT_CONFIG
     if len(config.transports) == 1:
         return asyncio.run(_run_single(config, notifier, log))
+    from gateway import status_http  # aiohttp: only the process that serves it imports it
     from gateway.supervisor import Supervisor
 
     supervisor = Supervisor(config, notifier)
@@ -165,6 +166,7 @@ def run_gateway(config: GatewayConfig, notifier: Any = None) -> int:
 
 async def _run_single(config: GatewayConfig, notifier: Any, log: logging.Logger) -> int:
     """One transport: run it right here, no processes, no pipes."""
+    from gateway import status_http
     from gateway.runner import TransportHost
 
     (tc,) = config.transports.values()

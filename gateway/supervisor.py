@@ -112,10 +112,13 @@ class Supervisor:
         self.ctx = multiprocessing.get_context(config.general.start_method)
         if config.general.start_method == "forkserver":
             # What the configured kinds import, once, shared by every child (copy-on-write);
-            # gateway.preloaded last: it freezes the collector's view of all of it.
+            # gateway.preloaded last: it freezes the collector's view of all of it. "__main__"
+            # (the script or console entry, kept light) is imported there too, so that no
+            # child re-runs it as __mp_main__ with whatever it imports.
             kinds = {tc.kind for tc in config.transports.values()}
             self.ctx.set_forkserver_preload(
-                ["gateway.runner", *transports.modules_for(kinds), "gateway.preloaded"])
+                ["__main__", "gateway.runner", *transports.modules_for(kinds),
+                 "gateway.preloaded"])
         self.slots = {name: Slot(tc) for name, tc in config.transports.items()}
         self.notifier = notifier
         self.loop: asyncio.AbstractEventLoop | None = None

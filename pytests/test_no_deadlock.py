@@ -1,6 +1,7 @@
 """No traffic pattern stalls the bridge: a flood of MQTT commands at a charger, beside an input.
 
-Everything is real: Mosquitto, the OpenEVSE simulator, the gateway's processes. A client
+Everything is real: Mosquitto, the OpenEVSE simulator (answering in 20 ms, like a real
+controller: it runs ~50 commands a second), the gateway's processes. A client
 publishes ``PGW_FLOOD_RATE`` (default 2000) ``/set`` commands per second for
 ``PGW_FLOOD_SECONDS`` (default 10) at the simulated charger while a ``system`` input writes
 to a ``jsonl_out`` beside it. Before the command windows and the control pipe
@@ -35,7 +36,8 @@ def test_command_flood_stalls_nothing(tmp_path: Path) -> None:
     rapi_port, control_port = free_port(), free_port()
     sim = subprocess.Popen(
         [sys.executable, "-m", "simulators.rapi_device", "--mode", "tcp", "--tcp-port",
-         str(rapi_port), "--http-port", str(control_port), "--plugged"],
+         str(rapi_port), "--http-port", str(control_port), "--plugged",
+         "--reply-delay", "0.02"],
         cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     out = tmp_path / "ticks.jsonl"
     try:

@@ -64,8 +64,12 @@ def _load_plugins() -> None:
 
 
 def modules_for(kinds: Iterable[str]) -> list[str]:
-    """The modules that register ``kinds`` (plugins included), in a stable order."""
-    return sorted({KINDS[k] for k in kinds if k in KINDS}) + _plugins()
+    """What a process running ``kinds`` imports: their modules, what each lists in its
+    ``PRELOAD`` (libraries it imports lazily, to spare the supervisor), and the plugins."""
+    modules = sorted({KINDS[k] for k in kinds if k in KINDS})
+    extra = [m for module in modules
+             for m in getattr(importlib.import_module(module), "PRELOAD", ())]
+    return modules + extra + _plugins()
 
 
 def get(kind: str) -> type[Transport]:

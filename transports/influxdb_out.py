@@ -7,6 +7,10 @@ VictoriaMetrics accept. Either way the line protocol comes from ``influxdb_clien
 one point per reading, tags from the device's identity, fields from its values, the reading's
 own timestamp.
 
+Memory: aiohttp and influxdb-client (~30 MB together) are imported when the transport
+connects, not with this module, so that the supervisor, which imports it only to validate the
+section, does not carry them; ``PRELOAD`` has the forkserver import them once for the child.
+
 Failures are sorted for the buffer: a sink that is down, overloaded or refusing our
 credentials is retried (``SinkUnavailable``: fix the token, the data is still waiting); a
 batch the server calls malformed (HTTP 400, 413, 422) is dropped, counted and logged
@@ -21,12 +25,8 @@ import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import aiohttp
-from influxdb_client import Point, WritePrecision
-from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
-from influxdb_client.rest import ApiException
 from pydantic import Field, field_validator, model_validator
 
 from gateway.buffer import BufferSettings, Rejected, SinkUnavailable, StoreAndForward
@@ -34,6 +34,14 @@ from gateway.message import READING, Envelope
 from gateway.settings import ExistingFile, Secret, StrList
 from transports import register
 from transports.base import Transport, TransportContext
+
+if TYPE_CHECKING:
+    import aiohttp
+    from influxdb_client import Point
+    from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+
+#: Imported lazily by the transport; the forkserver imports them before forking its child.
+PRELOAD = ("aiohttp", "influxdb_client", "influxdb_client.client.influxdb_client_async")
 
 #: source_transport_info key -> tag key.
 TAGS = {
@@ -46,8 +54,7 @@ TAGS = {
 }
 _SCALE = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _V1_PRECISION = {"s": "s", "ms": "ms", "us": "u", "ns": "n"}
-_V2_PRECISION = {"s": WritePrecision.S, "ms": WritePrecision.MS, "us": WritePrecision.US,
-                 "ns": WritePrecision.NS}
+_V2_PRECISION = {"s": "s", "ms": "ms", "us": "us", "ns": "ns"}  # WritePrecision's values
 _HOPELESS = frozenset({400, 413, 422})
 
 
@@ -116,6 +123,8 @@ class InfluxSettings(BufferSettings):
 
 def to_point(envelope: Envelope, settings: InfluxSettings) -> Point | None:
     """One reading as a Point; None when it holds no writable field."""
+    from influxdb_client import Point
+
     point = Point(settings.measurement)
     info = envelope.source_transport_info or {}
     tags = {"transport": envelope.source_transport}
@@ -158,6 +167,9 @@ class InfluxOut(Transport[InfluxSettings]):
         self._client: InfluxDBClientAsync | None = None
 
     async def connect(self) -> None:
+        import aiohttp
+        from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+
         self.buffer.open()
         s = self.settings
         if s.database and self._session is None:
@@ -214,6 +226,8 @@ class InfluxOut(Transport[InfluxSettings]):
             await self._write_v2(points)
 
     async def _write_v1(self, points: list[Point]) -> None:
+        import aiohttp
+
         s = self.settings
         if self._session is None:
             await self.connect()
@@ -232,6 +246,9 @@ class InfluxOut(Transport[InfluxSettings]):
         self._refused(r.status, text)
 
     async def _write_v2(self, points: list[Point]) -> None:
+        import aiohttp
+        from influxdb_client.rest import ApiException
+
         s = self.settings
         if self._client is None:
             await self.connect()
