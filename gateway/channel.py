@@ -22,6 +22,7 @@ from __future__ import annotations
 import pickle
 import struct
 from dataclasses import dataclass
+from itertools import starmap
 from multiprocessing.connection import Connection
 from typing import Any
 
@@ -39,10 +40,17 @@ class ChildEnds:
     down: Connection
 
 
-def envelope_frame(target: str, envelopes: list[Envelope]) -> bytes:
-    """Envelopes travel as plain tuples: they pickle about 3.5x faster than dataclasses."""
-    rows = [(e.source_transport, e.kind, e.data, e.target_transport, e.source_transport_info,
-             e.timestamp, e.sequence) for e in envelopes]
+Row = tuple[str, str, dict[str, Any], Any, dict[str, str], float, int]
+
+
+def row(e: Envelope) -> Row:
+    """An envelope as the tuple it travels as: tuples pickle ~3.5x faster than dataclasses."""
+    return (e.source_transport, e.kind, e.data, e.target_transport, e.source_transport_info,
+            e.timestamp, e.sequence)
+
+
+def envelope_frame(target: str, rows: list[Row]) -> bytes:
+    """One frame for ``target`` from rows (:func:`row`, or built as rows by ``emit_many``)."""
     return b"E" + target.encode() + b"\n" + pickle.dumps(rows, pickle.HIGHEST_PROTOCOL)
 
 
@@ -71,7 +79,7 @@ def parse_down(frame: bytes) -> tuple[str, int, list[Envelope]]:
     if frame[:1] == b"B":
         (batch_id,) = _ID.unpack_from(frame, 1)
         end = frame.index(b"\n", 1 + _ID.size)
-        return "batch", batch_id, [Envelope(*row) for row in pickle.loads(frame[end + 1 :])]
+        return "batch", batch_id, list(starmap(Envelope, pickle.loads(frame[end + 1 :])))
     if frame == STOP_FRAME:
         return "stop", 0, []
     raise ValueError(f"unknown frame type {frame[:1]!r}")

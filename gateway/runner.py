@@ -130,7 +130,7 @@ class Outbox:
         self.capacity = capacity
         self.policy = policy
         self.log = log
-        self.items: deque[tuple[str, Envelope]] = deque()
+        self.items: deque[tuple[str, channel.Row]] = deque()
         self.cond = threading.Condition()
         self.closed = False
         self.drops = DropLog(log, "bridge full (queue_full_policy = drop_oldest), oldest "
@@ -156,12 +156,12 @@ class Outbox:
                     return False
                 self.items.popleft()
                 self.drops.dropped(1)
-            self.items.append((target, envelope))
+            self.items.append((target, channel.row(envelope)))
             self.cond.notify()
         return True
 
-    def put_many(self, items: list[tuple[str, Envelope]]) -> int:
-        """Queue as many of ``items`` as fit (all under drop_oldest); returns how many."""
+    def put_many(self, items: list[tuple[str, channel.Row]]) -> int:
+        """Queue as many of ``items`` (rows) as fit (all under drop_oldest); returns how many."""
         with self.cond:
             room = self.capacity - len(self.items)
             if self.policy != "drop_oldest":
@@ -186,9 +186,9 @@ class Outbox:
                 if self.closed and not self.items:
                     return
                 batch = [self.items.popleft() for _ in range(min(self.batch_max, len(self.items)))]
-            by_target: dict[str, list[Envelope]] = {}
-            for target, envelope in batch:
-                by_target.setdefault(target, []).append(envelope)
+            by_target: dict[str, list[channel.Row]] = {}
+            for target, item in batch:
+                by_target.setdefault(target, []).append(item)
             try:
                 for target, envs in by_target.items():
                     self.conn.send_bytes(channel.envelope_frame(target, envs))
@@ -255,13 +255,17 @@ class TransportHost:
             while not self.outbox.put(name, envelope):
                 await asyncio.sleep(0.005)  # backpressure: the bridge is full
 
-    async def _emit_many(self, envelopes: list[Envelope]) -> None:
+    async def _emit_many(self, rows: list[channel.Row]) -> None:
+        """Rows straight from ``emit_many``: no envelope object is built on this side."""
         if self.outbox is None:
-            for envelope in envelopes:
-                await self._emit(envelope)
+            for item in rows:
+                await self._emit(Envelope(*item))
             return
-        items = [(name, envelope) for envelope in envelopes
-                 for name in self._targets(envelope)]
+        if all(item[3] is None for item in rows):
+            items = [(name, item) for item in rows for name in self.targets]
+        else:
+            items = [(name, item) for item in rows
+                     for name in self._targets(Envelope(*item))]
         while items:
             done = self.outbox.put_many(items)
             items = items[done:]
@@ -372,19 +376,12 @@ class TransportHost:
             envelopes, done = await self.inbox.get()
             self._busy = True
             self.ctx.counters.envelopes_in += len(envelopes)
-            wanted = []
-            for e in envelopes:
-                if e.kind == COMMAND and not records:
-                    if COMMAND in accepts:
-                        self._admit(e)
-                    else:
-                        self._answer(e, False, "unsupported", f"{self.ctx.name} takes no "
-                                     "commands")
-                    continue
-                if e.kind == EVENT and e.data.get("event") == "command_result":
-                    self.window.answered(e.source_transport, str(e.data.get("request_id")))
-                if e.kind in accepts:
-                    wanted.append(e)
+            kinds = {e.kind for e in envelopes}
+            if COMMAND not in kinds and EVENT not in kinds:  # readings: the hot path
+                wanted = envelopes if kinds <= accepts else [
+                    e for e in envelopes if e.kind in accepts]
+            else:
+                wanted = self._sort_in(envelopes, accepts, records)
             try:
                 if wanted:
                     await self.transport.receive_batch(wanted)
@@ -397,6 +394,23 @@ class TransportHost:
             if done is not None:
                 done()
             self.inbox.task_done()
+
+    def _sort_in(self, envelopes: list[Envelope], accepts: frozenset[str], records: bool
+                 ) -> list[Envelope]:
+        """Commands to their queue, results to the command window; the rest for receive."""
+        wanted = []
+        for e in envelopes:
+            if e.kind == COMMAND and not records:
+                if COMMAND in accepts:
+                    self._admit(e)
+                else:
+                    self._answer(e, False, "unsupported", f"{self.ctx.name} takes no commands")
+                continue
+            if e.kind == EVENT and e.data.get("event") == "command_result":
+                self.window.answered(e.source_transport, str(e.data.get("request_id")))
+            if e.kind in accepts:
+                wanted.append(e)
+        return wanted
 
     async def _life(self) -> None:
         await self.transport.connect()

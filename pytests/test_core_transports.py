@@ -1,4 +1,5 @@
-"""jsonl_out rotation and the bridge outbox's full-queue policies, without processes."""
+"""jsonl_out rotation, the bridge outbox's full-queue policies and the command window,
+without processes."""
 
 from __future__ import annotations
 
@@ -6,7 +7,10 @@ import asyncio
 import json
 import logging
 from pathlib import Path
+from typing import Any
 
+from gateway.channel import row
+from gateway.commands import CommandWindow
 from gateway.message import Envelope
 from gateway.runner import Outbox
 from pytests.helpers import Harness
@@ -45,7 +49,38 @@ def test_outbox_drop_oldest_counts_what_it_drops() -> None:
     for n in range(150):
         assert outbox.put("out", envelope(n))
     assert outbox.dropped == 50
-    assert [e.sequence for _, e in outbox.items][:3] == [50, 51, 52]
+    assert [row[6] for _, row in outbox.items][:3] == [50, 51, 52]  # rows: sequence last
+
+
+def test_outbox_drop_warnings_are_throttled(caplog: Any) -> None:
+    outbox = Outbox(None, capacity=10, policy="drop_oldest", log=logging.getLogger("t"))
+    with caplog.at_level(logging.WARNING, logger="t"):
+        for n in range(100):
+            outbox.put_many([("out", row(envelope(n * 5 + k))) for k in range(5)])
+    assert outbox.dropped == 490
+    drops = [r for r in caplog.records if "dropped" in r.getMessage()]
+    assert len(drops) == 1, [r.getMessage() for r in drops]  # the first; a summary in 60 s
+
+
+def test_urgent_put_passes_a_full_outbox_under_block() -> None:
+    outbox = Outbox(None, capacity=2, policy="block", log=logging.getLogger("t"))
+    assert outbox.put("out", envelope(1)) and outbox.put("out", envelope(2))
+    assert not outbox.put("out", envelope(3))
+    assert outbox.put("out", envelope(4), urgent=True)  # a command result never waits
+    assert len(outbox.items) == 3 and outbox.dropped == 0
+
+
+def test_command_window_admits_size_then_busy_and_expires_in_order() -> None:
+    window = CommandWindow(size=2, timeout=10.0)
+    assert window.admit("evse", "a", {"request_id": "a"}, now=0.0)
+    assert window.admit("evse", "b", {"request_id": "b"}, now=1.0)
+    assert not window.admit("evse", "c", {"request_id": "c"}, now=1.0)  # busy
+    assert window.admit("other", "c", {"request_id": "c"}, now=1.0)  # per target
+    assert window.answered("evse", "a") and not window.answered("evse", "a")
+    assert window.admit("evse", "d", {"request_id": "d"}, now=2.0)  # the slot came back
+    assert window.expired(now=10.5) == []
+    assert [d["request_id"] for _, d in window.expired(now=11.5)] == ["b", "c"]
+    assert window.count("evse") == 1 and window.count("other") == 0
 
 
 def test_outbox_block_policy_refuses_instead_of_dropping() -> None:

@@ -73,7 +73,9 @@ class Emitter(Protocol):
 
 
 class BatchEmitter(Protocol):
-    async def __call__(self, envelopes: list[Envelope]) -> None: ...
+    """Takes envelopes as rows: (source, kind, data, target, info, timestamp, sequence)."""
+
+    async def __call__(self, rows: list[tuple[Any, ...]]) -> None: ...
 
 
 class TransportContext:
@@ -160,19 +162,23 @@ class TransportContext:
         target: str | tuple[str, ...] | None = None,
         info: dict[str, str] | None = None,
     ) -> None:
-        """Send one envelope per item in one bridge operation (a scan of many devices)."""
+        """Send one envelope per item in one bridge operation (a scan of many devices).
+
+        Built as the tuples that travel (gateway/channel.py ``row``), not as envelope objects:
+        one construction per envelope on this side of the bridge.
+        """
         now = time.time()
-        envelopes = []
-        for data in items:
-            self._sequence += 1
-            envelopes.append(Envelope(self.name, kind, data, target, info or {}, now,
-                                      self._sequence))
+        first = self._sequence + 1
+        self._sequence += len(items)
+        src, info = self.name, info or {}
+        rows = [(src, kind, data, target, info, now, seq)
+                for seq, data in enumerate(items, first)]
         if self._batch_emitter is not None:
-            await self._batch_emitter(envelopes)
+            await self._batch_emitter(rows)
         else:
-            for env in envelopes:
-                await self._emitter(env)
-        self.counters.envelopes_out += len(envelopes)
+            for item in rows:
+                await self._emitter(Envelope(*item))
+        self.counters.envelopes_out += len(rows)
 
 
 class Transport(ABC, Generic[S]):
