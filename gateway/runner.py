@@ -236,6 +236,7 @@ class TransportHost:
         self.commands: asyncio.Queue[Envelope] = asyncio.Queue(general.command_queue)
         self.stop_task: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()
+        self.on_beat: Callable[[], None] = lambda: None  # single mode's watchdog
         self._busy = False
 
     def _targets(self, envelope: Envelope) -> tuple[str, ...]:
@@ -366,6 +367,7 @@ class TransportHost:
         while True:
             if self.control is not None:
                 self.control.send(channel.heartbeat_frame(self.stats()))
+            self.on_beat()
             self._expire()
             await asyncio.sleep(self.general.heartbeat_interval)
 
