@@ -19,7 +19,6 @@ batch the server calls malformed (HTTP 400, 413, 422) is dropped, counted and lo
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import math
 import os
@@ -29,11 +28,12 @@ from typing import TYPE_CHECKING, ClassVar, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.buffer import BufferSettings, Rejected, SinkUnavailable, StoreAndForward
+from gateway.buffer import BufferSettings, Rejected, SinkUnavailable
 from gateway.message import READING, Envelope
 from gateway.settings import ExistingFile, Secret, StrList
 from transports import register
-from transports.base import Transport, TransportContext
+from transports.base import TransportContext
+from transports.buffered import BufferedOutput
 
 if TYPE_CHECKING:
     import aiohttp
@@ -152,25 +152,27 @@ def to_point(envelope: Envelope, settings: InfluxSettings) -> Point | None:
 
 
 @register
-class InfluxOut(Transport[InfluxSettings]):
+class InfluxOut(BufferedOutput[InfluxSettings]):
     kind = "influxdb_out"
     Settings = InfluxSettings
     accepts: ClassVar[frozenset[str]] = frozenset({READING})
+    buffer_file = "influxdb-buffer.sqlite3"
 
     def __init__(self, settings: InfluxSettings, ctx: TransportContext) -> None:
-        super().__init__(settings, ctx)
-        self.buffer = StoreAndForward(
-            ctx.state_dir / "influxdb-buffer.sqlite3", settings, ctx.log, ctx.counters,
-            what=f"delivery to InfluxDB {settings.base_url}",
-        )
         self._session: aiohttp.ClientSession | None = None
         self._client: InfluxDBClientAsync | None = None
+        super().__init__(settings, ctx)
 
-    async def connect(self) -> None:
+    def sink_name(self) -> str:
+        return f"delivery to InfluxDB {self.settings.base_url}"
+
+    def keep(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        return [e for e in envelopes if e.kind == READING and e.data]
+
+    async def open_sink(self) -> None:
         import aiohttp
         from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
-        self.buffer.open()
         s = self.settings
         if s.database and self._session is None:
             headers = {}
@@ -187,27 +189,7 @@ class InfluxOut(Transport[InfluxSettings]):
                 timeout=int(s.timeout * 1000), verify_ssl=s.verify_tls,
             )
 
-    async def run(self) -> None:
-        delivery = asyncio.create_task(self.buffer.run(self))
-        stop = asyncio.create_task(self.ctx.stopping.wait())
-        try:
-            done, _ = await asyncio.wait({delivery, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if delivery in done:
-                delivery.result()
-        finally:
-            for task in (delivery, stop):
-                task.cancel()
-            await asyncio.gather(delivery, stop, return_exceptions=True)
-
-    async def receive(self, envelope: Envelope) -> None:
-        await self.receive_batch([envelope])
-
-    async def receive_batch(self, envelopes: Sequence[Envelope]) -> None:
-        """On disk when this returns (with the default ``buffer_commit_interval = 0``)."""
-        self.buffer.accept([e for e in envelopes if e.kind == READING and e.data])
-
-    async def close(self) -> None:
-        await self.buffer.close(self)
+    async def close_sink(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -230,7 +212,7 @@ class InfluxOut(Transport[InfluxSettings]):
 
         s = self.settings
         if self._session is None:
-            await self.connect()
+            await self.open_sink()
         assert self._session is not None
         body = "\n".join(p.to_line_protocol() for p in points).encode()
         params = {"db": s.database, "precision": _V1_PRECISION[s.precision]}
@@ -251,7 +233,7 @@ class InfluxOut(Transport[InfluxSettings]):
 
         s = self.settings
         if self._client is None:
-            await self.connect()
+            await self.open_sink()
         assert self._client is not None
         try:
             await self._client.write_api().write(

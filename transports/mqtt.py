@@ -9,7 +9,6 @@ docs/transports/mqtt.md.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -20,12 +19,13 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.buffer import BufferSettings, SinkUnavailable, StoreAndForward
+from gateway.buffer import BufferSettings, SinkUnavailable
 from gateway.instance import mqtt_client_id
 from gateway.message import EVENT, READING, STATUS, Envelope, ValueSpec
 from gateway.settings import ExistingFile, Secret
 from transports import register
-from transports.base import Transport, TransportContext
+from transports.base import TransportContext
+from transports.buffered import BufferedOutput
 from transports.mqtt_client import LinkOptions, Message, MqttLink
 from transports.mqtt_discovery import (
     OFFLINE,
@@ -110,10 +110,12 @@ class Device:
 
 
 @register
-class MqttTransport(Transport[MqttSettings]):
+class MqttTransport(BufferedOutput[MqttSettings]):
     kind = "mqtt"
     Settings = MqttSettings
     accepts: ClassVar[frozenset[str]] = frozenset({READING, STATUS, EVENT})
+    buffer_file = "mqtt-buffer.sqlite3"
+    ready_at_start = False  # delivery waits for the broker: no attempt, no warning before
 
     def __init__(self, settings: MqttSettings, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
@@ -126,18 +128,15 @@ class MqttTransport(Transport[MqttSettings]):
         self._asked: dict[str, float] = {}
         self._described_sources: set[str] = set()
         self._requests = 0
-        self.buffer = StoreAndForward(
-            ctx.state_dir / "mqtt-buffer.sqlite3", settings, ctx.log, ctx.counters,
-            what=f"delivery to MQTT broker {settings.host}:{settings.port}",
-        )
         self.link: MqttLink | None = None
-        self.broker_up = asyncio.Event()  # delivery waits for it: no attempt before connected
         for key in ("commands", "command_errors"):
             ctx.counters.extra.setdefault(key, 0)
 
-    # -- life ----------------------------------------------------------------------------
-    async def connect(self) -> None:
-        self.buffer.open()
+    # -- life (the buffer's part is BufferedOutput's) ------------------------------------
+    def sink_name(self) -> str:
+        return f"delivery to MQTT broker {self.settings.host}:{self.settings.port}"
+
+    async def open_sink(self) -> None:
         if self.link is not None:
             return
         s = self.settings
@@ -167,31 +166,14 @@ class MqttTransport(Transport[MqttSettings]):
         )
         self.link.start()
 
-    async def run(self) -> None:
-        delivery = asyncio.create_task(self.buffer.run(self, self.broker_up))
-        stop = asyncio.create_task(self.ctx.stopping.wait())
-        try:
-            done, _ = await asyncio.wait({delivery, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if delivery in done:
-                delivery.result()  # a bug in delivery is a crash: the supervisor restarts us
-        finally:
-            for task in (delivery, stop):
-                task.cancel()
-            await asyncio.gather(delivery, stop, return_exceptions=True)
-
-    async def close(self) -> None:
-        connected = self.link is not None and self.link.connected
-        await self.buffer.close(self, can_deliver=connected)
+    async def close_sink(self) -> None:
         if self.link is not None:
             await self.link.stop(last_words=(self.topics.gateway_status, OFFLINE, 1, True))
             self.link = None
 
     # -- envelopes in --------------------------------------------------------------------
-    async def receive(self, envelope: Envelope) -> None:
-        await self.receive_batch([envelope])
-
-    async def receive_batch(self, envelopes: Sequence[Envelope]) -> None:
-        """Describe events update discovery; the rest is on disk when this returns."""
+    def keep(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        """Describe events update discovery; the rest is stored for delivery."""
         keep: list[Envelope] = []
         for envelope in envelopes:
             device = self._note(envelope)
@@ -202,7 +184,7 @@ class MqttTransport(Transport[MqttSettings]):
                 self._ask_describe(device)
                 self._announce(device)
             keep.append(envelope)
-        self.buffer.accept(keep)
+        return keep
 
     def _note(self, envelope: Envelope) -> Device:
         """The device an envelope is about (created or refreshed from its identity)."""
@@ -294,8 +276,7 @@ class MqttTransport(Transport[MqttSettings]):
     def _connected(self) -> None:
         for device in self.devices.values():
             self._announce(device, force=True)
-        self.broker_up.set()
-        self.buffer.wake()
+        self.sink_up()
 
     # -- commands in ---------------------------------------------------------------------
     def _message(self, topic: str, payload: bytes, retained: bool) -> None:
@@ -360,7 +341,7 @@ class MqttTransport(Transport[MqttSettings]):
     # -- the sink the buffer writes to ---------------------------------------------------
     async def write(self, batch: Sequence[Envelope]) -> None:
         if self.link is None or not self.link.connected:
-            self.broker_up.clear()  # wait for the next connection (the link logs the outage)
+            self.sink_down()  # wait for the next connection (the link logs the outage)
             raise SinkUnavailable("not connected to the MQTT broker")
         messages, availability = self._render(batch)
         await self.link.publish_many(messages, self.settings.publish_timeout)
