@@ -28,9 +28,9 @@ import transports
 from gateway import channel, logs
 from gateway.commands import CommandWindow
 from gateway.config import TransportConfig
-from gateway.message import COMMAND, EVENT, Envelope, command_result, describe_event
+from gateway.message import COMMAND, EVENT, Envelope, command_result
 from gateway.settings import GeneralSettings
-from transports.base import Transport, TransportContext
+from transports.base import Transport, TransportContext, describe_answer
 
 BATCH_MAX = 500
 INBOX_BATCHES = 64
@@ -309,17 +309,14 @@ class TransportHost:
 
     def _describe(self, command: Envelope) -> bool:
         """Answer ``describe`` from the transport's ``describe()``; False if it has none."""
-        devices = self.transport.describe()
-        if devices is None:
+        answer = describe_answer(self.transport, command)
+        if answer is None:
             return False
-        info: dict[str, str] = {}
-        for info, specs in devices:
-            env = self.ctx.envelope(EVENT, describe_event(specs), command.source_transport,
-                                    dict(info))
+        for kind, data, info in answer:
+            env = self.ctx.envelope(kind, data, command.source_transport, info)
             if self.outbox is not None:
                 self.outbox.put(command.source_transport, env, urgent=True)
                 self.ctx.counters.envelopes_out += 1
-        self._answer(command, True, "ok", info=dict(info))
         return True
 
     def _admit(self, command: Envelope) -> None:

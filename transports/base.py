@@ -29,7 +29,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
-from gateway.message import COMMAND, Envelope, ValueSpec
+from gateway.message import COMMAND, EVENT, Envelope, ValueSpec, command_result, describe_event
 from gateway.settings import GeneralSettings, TransportSettings
 
 S = TypeVar("S", bound=TransportSettings)
@@ -231,3 +231,17 @@ class Transport(ABC, Generic[S]):
 
     async def close(self) -> None:
         """Flush and release. Outputs deliver (or persist) what they hold before returning."""
+
+
+def describe_answer(transport: Transport[Any], command: Envelope
+                    ) -> list[tuple[str, dict[str, Any], dict[str, str]]] | None:
+    """What answers a ``describe`` command, from ``transport.describe()``: one ``describe``
+    event per device, then the ``command_result``, as (kind, data, info); None when the
+    transport does not describe itself (the command goes to its ``receive``)."""
+    devices = transport.describe()
+    if devices is None:
+        return None
+    out = [(EVENT, describe_event(specs), dict(info)) for info, specs in devices]
+    last = dict(devices[-1][0]) if devices else {}
+    out.append((EVENT, command_result(command.data, True, "ok"), last))
+    return out

@@ -1,0 +1,109 @@
+"""Device transports: the transport opens a link and serves it; this keeps it connected.
+
+Why a base class: every transport that talks to a device or a peer over a link that comes
+and goes (a serial port, a TCP connection, a controller's slot) needs the same loop: open,
+serve until the link is lost, wait a backoff, try again; log the first failure once and the
+recovery once (not every retry, SD cards and people agree); tell the bridge when the device
+becomes unavailable and available again (``status`` envelopes, once per change); give up after
+``give_up_after`` if the transport asks for it (a crash: the supervisor's policy takes over).
+Written once here instead of once per transport. A transport gives:
+
+- ``open()``: the link, or :class:`PeerUnavailable` (nothing listening, port busy...);
+- ``serve(link)``: the device's life on that link; it calls ``await self.link_up(reason)``
+  once the device answered (that is the recovery), returns when the transport stops, raises
+  :class:`PeerUnavailable` when the link is lost;
+- ``release(link)``: close it (always called after ``serve``);
+- ``peer_name()``, ``backoff()`` and ``device_info()`` for the logs, the pacing and the
+  status envelopes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, TypeVar
+
+from gateway.backoff import Backoff, FailureLog
+from gateway.message import STATUS
+from gateway.settings import TransportSettings
+from transports.base import Transport, TransportContext
+
+S = TypeVar("S", bound=TransportSettings)
+
+
+class PeerUnavailable(Exception):
+    """The device or peer cannot be reached now: retried with backoff, not a crash."""
+
+
+class DeviceTransport(Transport[S]):
+    def __init__(self, settings: S, ctx: TransportContext) -> None:
+        super().__init__(settings, ctx)
+        self._available: bool | None = None
+        self._failure = FailureLog(ctx.log, self.peer_name())
+        self._backoff = self.backoff()
+
+    # -- what a device transport gives ---------------------------------------------------
+    async def open(self) -> Any:
+        raise NotImplementedError
+
+    async def serve(self, link: Any) -> None:
+        raise NotImplementedError
+
+    async def release(self, link: Any) -> None:
+        """Close ``link``."""
+
+    def peer_name(self) -> str:
+        return f"the device of {self.ctx.name}"
+
+    def backoff(self) -> Backoff:
+        return Backoff()
+
+    def device_info(self) -> dict[str, str]:
+        return {"transport_name": self.ctx.name}
+
+    # -- the loop, done once -------------------------------------------------------------
+    async def link_up(self, reason: str) -> None:
+        """The device answers on this link: one recovery log, backoff reset, available."""
+        if self._failure.failing:
+            self._failure.recovered()
+            self.ctx.counters.recovered()
+        self._backoff.reset()
+        await self._status(True, reason)
+
+    async def _link_down(self, reason: str) -> None:
+        self._failure.failed(reason)
+        self.ctx.counters.error(reason)
+        await self._status(False, reason)
+
+    async def _status(self, available: bool, reason: str) -> None:
+        """Availability, sent when it changes (once per outage, once per recovery)."""
+        if available != self._available:
+            self._available = available
+            await self.ctx.emit(STATUS, {"available": available, "reason": reason},
+                                info=dict(self.device_info()))
+
+    async def run(self) -> None:
+        stopping = self.ctx.stopping
+        while not stopping.is_set():
+            try:
+                link = await self.open()
+            except PeerUnavailable as exc:
+                lost = exc
+            else:
+                try:
+                    await self.serve(link)
+                    return  # stopping
+                except PeerUnavailable as exc:
+                    lost = exc
+                finally:
+                    await self.release(link)
+            if stopping.is_set():
+                return
+            await self._link_down(str(lost))
+            delay = self._backoff.next_delay()
+            if delay is None:
+                raise type(lost)(f"{self.peer_name()}: gave up after "
+                                 f"{self._backoff.give_up_after:g} s: {lost}") from lost
+            try:
+                await asyncio.wait_for(stopping.wait(), delay)
+            except TimeoutError:
+                pass
