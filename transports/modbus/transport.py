@@ -14,12 +14,11 @@ import logging
 import time
 from typing import Any, ClassVar
 
-from gateway.backoff import Backoff, FailureLog
+from gateway.backoff import Backoff
 from gateway.message import (
     COMMAND,
     EVENT,
     READING,
-    STATUS,
     Envelope,
     command_result,
     describe_event,
@@ -27,13 +26,14 @@ from gateway.message import (
 from protocols.read_plan import LinkCost
 from protocols.registers import Value, WriteRejected, load_map
 from transports import register
-from transports.base import Transport, TransportContext
+from transports.base import TransportContext
+from transports.device import DeviceTransport, PeerUnavailable
 from transports.modbus.device import ModbusDevice
 from transports.modbus.link import ModbusLink, RequestFailed
 from transports.modbus.settings import ModbusRtuSettings, ModbusSettings, ModbusTcpSettings
 
 
-class ModbusTransport(Transport[ModbusSettings]):
+class ModbusTransport(DeviceTransport[ModbusSettings]):
     accepts: ClassVar[frozenset[str]] = frozenset({COMMAND})
 
     def __init__(self, settings: ModbusSettings, ctx: TransportContext) -> None:
@@ -45,16 +45,12 @@ class ModbusTransport(Transport[ModbusSettings]):
             settings.address, regmap, batch_size=settings.batch_size, link=cost
         )
         self.link = ModbusLink(settings)
-        self.available: bool | None = None
         self.serial = ""
         self._failed_scans = 0
         self._described = False
         self._ever_connected = False
         self._scan_errors = 0
         self._where = f"{settings.where()} unit {settings.address}"
-        self._failure = FailureLog(self.log, f"modbus device {self._where}")
-        self._backoff = Backoff(initial=min(1.0, settings.reconnect_max),
-                                maximum=settings.reconnect_max)
         for key in ("scans", "requests", "exceptions", "timeouts", "garbled", "writes",
                     "writes_rejected", "reconnects"):
             ctx.counters.extra.setdefault(key, 0)
@@ -74,27 +70,40 @@ class ModbusTransport(Transport[ModbusSettings]):
             self.device.map.name, len(self.device.map.values), len(self.device.plan),
         )
 
-    async def run(self) -> None:
+    # the reconnect loop, its logs and the status envelopes are DeviceTransport's
+    def peer_name(self) -> str:
+        return f"modbus device {self.settings.where()} unit {self.settings.address}"
+
+    def backoff(self) -> Backoff:
+        return Backoff(initial=min(1.0, self.settings.reconnect_max),
+                       maximum=self.settings.reconnect_max)
+
+    def device_info(self) -> dict[str, str]:
+        return self.info
+
+    async def open(self) -> ModbusLink:
+        if self._ever_connected:
+            self._count("reconnects")
+        async with self.link.lock:
+            ok = await self.link.connect()
+        if not ok:
+            raise PeerUnavailable(f"cannot connect to {self.settings.where()}")
+        self._described = False
+        self._ever_connected = True
+        return self.link
+
+    async def release(self, link: ModbusLink) -> None:
+        link.close()
+
+    async def serve(self, link: ModbusLink) -> None:
+        """Scan every read_interval; ``offline_after`` empty scans in a row: link lost."""
         next_scan = time.monotonic()
+        self._failed_scans = 0
         while not self.ctx.stopping.is_set():
-            if not self.link.connected:
-                if self._ever_connected:
-                    self._count("reconnects")
-                async with self.link.lock:
-                    ok = await self.link.connect()
-                if not ok:
-                    self._failure.failed(f"cannot connect to {self.settings.where()}")
-                    await self._set_available(False, "cannot connect")
-                    await self._sleep(self._backoff.next_delay() or self.settings.reconnect_max)
-                    continue
-                self._described = False
-                self._ever_connected = True
             values = await self.scan()
             if values:
                 self._failed_scans = 0
-                self._backoff.reset()
-                self._failure.recovered()
-                await self._set_available(True, "answering")
+                await self.link_up("answering")
                 if not self._described:
                     self._described = True
                     await self.ctx.emit(EVENT, describe_event(self.device.specs()),
@@ -104,11 +113,7 @@ class ModbusTransport(Transport[ModbusSettings]):
                 self._failed_scans += 1
                 self._failure.failed("no value could be read")
                 if self._failed_scans >= self.settings.offline_after:
-                    await self._set_available(False, "not answering")
-                    self.link.close()
-                    await self._sleep(self._backoff.next_delay() or self.settings.reconnect_max)
-                    next_scan = time.monotonic()
-                    continue
+                    raise PeerUnavailable("not answering")
             next_scan += self.settings.read_interval
             now = time.monotonic()
             next_scan = max(next_scan, now)
@@ -155,12 +160,6 @@ class ModbusTransport(Transport[ModbusSettings]):
         self._scan_errors += 1
         self.log.log(logging.DEBUG if quiet else logging.WARNING, "%s: %s failed: %s",
                      self._where, what, exc)
-
-    async def _set_available(self, available: bool, reason: str) -> None:
-        if self.available is available:
-            return
-        self.available = available
-        await self.ctx.emit(STATUS, {"available": available, "reason": reason}, info=self.info)
 
     # ------------------------------------------------------------------ commands
     async def receive(self, envelope: Envelope) -> None:
