@@ -10,8 +10,8 @@ Written once here instead of once per transport. A transport gives:
 
 - ``open()``: the link, or :class:`PeerUnavailable` (nothing listening, port busy...);
 - ``serve(link)``: the device's life on that link; it calls ``await self.link_up(reason)``
-  once the device answered (that is the recovery), returns when the transport stops, raises
-  :class:`PeerUnavailable` when the link is lost;
+  once the device answered (that is the recovery), returns when the transport stops (or hands
+  the link back: it is opened again at once), raises :class:`PeerUnavailable` when it is lost;
 - ``release(link)``: close it (always called after ``serve``);
 - ``peer_name()``, ``backoff()`` and ``device_info()`` for the logs, the pacing and the
   status envelopes.
@@ -20,7 +20,8 @@ Written once here instead of once per transport. A transport gives:
 from __future__ import annotations
 
 import asyncio
-from typing import Any, TypeVar
+import time
+from typing import Any, ClassVar, TypeVar
 
 from gateway.backoff import Backoff, FailureLog
 from gateway.message import STATUS
@@ -35,9 +36,14 @@ class PeerUnavailable(Exception):
 
 
 class DeviceTransport(Transport[S]):
+    #: A link that lived this long (s) is reopened at once when it drops; None: always back off.
+    reconnect_at_once_after: ClassVar[float | None] = None
+    #: True: a new reason while still unavailable is sent too (news, not a retry).
+    status_on_new_reason: ClassVar[bool] = False
+
     def __init__(self, settings: S, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
-        self._available: bool | None = None
+        self._available: tuple[bool, str] | None = None
         self._failure = FailureLog(ctx.log, self.peer_name())
         self._backoff = self.backoff()
 
@@ -60,6 +66,13 @@ class DeviceTransport(Transport[S]):
     def device_info(self) -> dict[str, str]:
         return {"transport_name": self.ctx.name}
 
+    async def wait_retry(self, seconds: float) -> None:
+        """The wait between two attempts; ends early when the transport stops."""
+        try:
+            await asyncio.wait_for(self.ctx.stopping.wait(), seconds)
+        except TimeoutError:
+            pass
+
     # -- the loop, done once -------------------------------------------------------------
     async def link_up(self, reason: str) -> None:
         """The device answers on this link: one recovery log, backoff reset, available."""
@@ -76,8 +89,10 @@ class DeviceTransport(Transport[S]):
 
     async def _status(self, available: bool, reason: str) -> None:
         """Availability, sent when it changes (once per outage, once per recovery)."""
-        if available != self._available:
-            self._available = available
+        old = self._available
+        if old is None or old[0] != available or (
+                self.status_on_new_reason and old[1] != reason):
+            self._available = (available, reason)
             await self.ctx.emit(STATUS, {"available": available, "reason": reason},
                                 info=dict(self.device_info()))
 
@@ -89,13 +104,20 @@ class DeviceTransport(Transport[S]):
             except PeerUnavailable as exc:
                 lost = exc
             else:
+                since = time.monotonic()
                 try:
                     await self.serve(link)
-                    return  # stopping
+                    continue  # stopping, or the transport handed the link back: open again
                 except PeerUnavailable as exc:
                     lost = exc
                 finally:
                     await self.release(link)
+                if stopping.is_set():
+                    return
+                at_once = self.reconnect_at_once_after
+                if at_once is not None and time.monotonic() - since >= at_once:
+                    await self._link_down(str(lost))
+                    continue  # it lived long enough: no backoff for a single drop
             if stopping.is_set():
                 return
             await self._link_down(str(lost))
@@ -103,7 +125,4 @@ class DeviceTransport(Transport[S]):
             if delay is None:
                 raise type(lost)(f"{self.peer_name()}: gave up after "
                                  f"{self._backoff.give_up_after:g} s: {lost}") from lost
-            try:
-                await asyncio.wait_for(stopping.wait(), delay)
-            except TimeoutError:
-                pass
+            await self.wait_retry(delay)

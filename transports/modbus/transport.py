@@ -20,6 +20,7 @@ from gateway.message import (
     EVENT,
     READING,
     Envelope,
+    ValueSpec,
     command_result,
     describe_event,
 )
@@ -80,6 +81,9 @@ class ModbusTransport(DeviceTransport[ModbusSettings]):
 
     def device_info(self) -> dict[str, str]:
         return self.info
+
+    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]]:
+        return [(self.info, self.device.specs())]
 
     async def open(self) -> ModbusLink:
         if self._ever_connected:
@@ -172,11 +176,7 @@ class ModbusTransport(DeviceTransport[ModbusSettings]):
             await self._result(reply_to, data, False, "rejected",
                                f"no device {data['device']!r} here")
             return
-        if command == "describe":
-            await self.ctx.emit(EVENT, describe_event(self.device.specs()), target=reply_to,
-                                info=self.info)
-            await self._result(reply_to, data, True, "ok")
-        elif command == "write":
+        if command == "write":
             await self._write(reply_to, data)
         else:
             self.ctx.counters.error(f"unsupported command {command!r}")
