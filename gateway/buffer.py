@@ -297,7 +297,7 @@ class StoreAndForward:
         if n <= 0:
             return
         self.counters.dropped += n
-        self.counters.extra["buffer_dropped"] = int(self.counters.extra["buffer_dropped"]) + n
+        self.counters.incr("buffer_dropped", n)
         self._drops_unlogged += n
         now = time.monotonic()
         if now - self._last_drop_log >= _DROP_LOG_INTERVAL:
@@ -356,9 +356,7 @@ class StoreAndForward:
         try:
             await sink.write([decode(body) for _, body in rows])
         except Rejected as exc:
-            self.counters.extra["buffer_rejected"] = (
-                int(self.counters.extra["buffer_rejected"]) + len(rows)
-            )
+            self.counters.incr("buffer_rejected", len(rows))
             self.counters.error(f"rejected: {exc}")
             self.log.error("sink rejected %d envelopes for good, dropped: %s", len(rows), exc)
         except SinkUnavailable as exc:
@@ -370,7 +368,7 @@ class StoreAndForward:
         if not self._opened:
             return True  # closed meanwhile: the rows stay and are sent again (at-least-once)
         delivered = self.queue.delete_through(rows[-1][0])
-        self.counters.extra["delivered"] = int(self.counters.extra["delivered"]) + delivered
+        self.counters.incr("delivered", delivered)
         self.counters.extra["buffer_rows"] = self.queue.count
         self._waiting_since = time.monotonic() if self.queue.count else None
         if self.failure.failing:

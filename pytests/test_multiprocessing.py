@@ -174,8 +174,11 @@ def test_sigkilled_supervisor_leaves_no_orphan(tmp_path: Path) -> None:
     gw.stop()
 
 
-def test_stuck_child_is_noticed_and_restarted(tmp_path: Path) -> None:
+def test_stuck_child_is_noticed_and_restarted(tmp_path: Path, monkeypatch: Any) -> None:
     out = tmp_path / "out.jsonl"
+    # a crash would wait 5 s; a transport killed as stuck is restarted at once
+    monkeypatch.setenv("PGW_GENERAL_RESTART_BACKOFF_INITIAL", "5")
+    monkeypatch.setenv("PGW_GENERAL_RESTART_BACKOFF_MAX", "10")
     gw = GatewayProcess(tmp_path, TWO_INPUTS.format(path=out), general="heartbeat_timeout = 2\n")
     try:
         pid = gw.wait_all_running()["in_b"]["pid"]
@@ -184,6 +187,7 @@ def test_stuck_child_is_noticed_and_restarted(tmp_path: Path) -> None:
                          and t["in_b"]["pid"] not in (None, pid) and t)
         assert "stuck" in table["in_b"]["last_error"]
         assert "sent no heartbeat" in gw.log_text()
+        assert "restarting in 0.0 s" in gw.log_text()  # killed as stuck: no crash backoff
     finally:
         assert gw.stop() == 0
 

@@ -348,8 +348,7 @@ class QLinkTransport(QLinkCommands, DeviceTransport[QLinkSettings]):
     # ------------------------------------------------------------------ helpers
 
     def _count(self, what: str) -> None:
-        extra = self.ctx.counters.extra
-        extra[what] = int(extra.get(what, 0)) + 1
+        self.ctx.counters.incr(what)
 
     def _sync_counters(self) -> None:
         extra = self.ctx.counters.extra

@@ -274,7 +274,7 @@ class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
         try:
             self.snapshot.apply(name, reply.params, self._rapi)
         except rr.RapiReplyError as exc:
-            self.ctx.counters.extra["rapi_bad_replies"] += 1
+            self.ctx.counters.incr("rapi_bad_replies")
             self.ctx.counters.error(str(exc))
             self.log.warning("%s: %s", exc, escape(reply.raw))
 
@@ -300,7 +300,7 @@ class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
                     async with asyncio.timeout(self.settings.command_timeout):
                         return await future
                 except TimeoutError:
-                    self.ctx.counters.extra["rapi_timeouts"] += 1
+                    self.ctx.counters.incr("rapi_timeouts")
                     self._timeouts_in_row += 1
                     self.log.debug("no reply to %r", line)
                 finally:
@@ -330,12 +330,12 @@ class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
     def _reply(self, frame: RapiFrame) -> None:
         pending = self._pending
         if pending is None or pending[1].done():
-            self.ctx.counters.extra["rapi_stale_replies"] += 1
+            self.ctx.counters.incr("rapi_stale_replies")
             self.log.debug("reply with no command waiting: %s", escape(frame.raw))
             return
         seq, future = pending
         if seq is not None and frame.seq is not None and frame.seq != seq:
-            self.ctx.counters.extra["rapi_stale_replies"] += 1
+            self.ctx.counters.incr("rapi_stale_replies")
             self.log.debug("late reply (seq %02X, waiting %02X) dropped", frame.seq, seq)
             return
         self._timeouts_in_row = 0
@@ -356,11 +356,11 @@ class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
                 long_press = frame.params[:1] == ("1",)
                 self._outbox.put_nowait(("event", {"event": "button", "long": long_press}))
         except rr.RapiReplyError as exc:
-            self.ctx.counters.extra["rapi_bad_replies"] += 1
+            self.ctx.counters.incr("rapi_bad_replies")
             self.log.warning("%s", exc)
 
     def _garbage(self, garbage: RapiGarbage) -> None:
-        self.ctx.counters.extra["rapi_garbage"] += 1
+        self.ctx.counters.incr("rapi_garbage")
         self.ctx.counters.error(garbage.describe())
         now = time.monotonic()
         if now - self._garbage_logged > 10.0:
@@ -387,6 +387,6 @@ class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
         reply_to = envelope.source_transport
         send = functools.partial(self._request, retries=1, dead_check=False)
         result = await execute_command(data, send, self._connected, self._commanded, self.log)
-        self.ctx.counters.extra["rapi_commands"] += 1
+        self.ctx.counters.incr("rapi_commands")
         await self._emit("event", result, target=reply_to)
         self._wake.set()

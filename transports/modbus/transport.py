@@ -61,7 +61,7 @@ class ModbusTransport(DeviceTransport[ModbusSettings]):
         return self.device.info(self.ctx.name, self.serial)
 
     def _count(self, key: str) -> None:
-        self.ctx.counters.extra[key] = int(self.ctx.counters.extra.get(key, 0)) + 1
+        self.ctx.counters.incr(key)
 
     # ------------------------------------------------------------------ life
     async def connect(self) -> None:
