@@ -41,6 +41,7 @@ from pytests.helpers import free_port  # noqa: E402
 from pytests.servers import InfluxDB1, Mosquitto, find_binary  # noqa: E402
 
 BACKOFF = 1.0
+LOG_LEVEL = os.environ.get("BENCH_LOG_LEVEL", "WARNING")  # INFO: the gateways' logs
 NOT_STATE = ("status", "availability", "result", "event")
 
 
@@ -154,7 +155,7 @@ class Gateway:
         config = tmp / "gateway.ini"
         config.write_text(
             f"[general]\nhttp_port = {self.http}\nstate_dir = {tmp / 'state'}\n"
-            f"log_level = WARNING\nrestart_backoff_initial = {BACKOFF}\n"
+            f"log_level = {LOG_LEVEL}\nrestart_backoff_initial = {BACKOFF}\n"
             "restart_stable_after = 1\nrestart_max_count = 100\n\n" + text)
         env = dict(os.environ, PGW_RUN_DIR=str(tmp / "run"))
         self.started = time.monotonic()

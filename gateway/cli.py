@@ -90,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.demo import run_demo
 
         return run_demo(args.duration, args.dir, args.instance)
+    if args.command == "run" and not args.print_config:
+        from gateway.supervisor import start_forkserver_early
+
+        start_forkserver_early(args.config)  # its imports run beside the validation's
     try:
         config = load_config(args.config, sets=args.set, instance=args.instance)
     except ConfigError as exc:

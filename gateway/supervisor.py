@@ -32,7 +32,7 @@ from typing import Any
 
 import transports
 from gateway import channel
-from gateway.config import GatewayConfig, TransportConfig
+from gateway.config import GatewayConfig, TransportConfig, read_ini
 from gateway.policy import Failed, History, Restart, RestartPolicy, decide
 from gateway.runner import child_main
 
@@ -93,6 +93,38 @@ class Slot:
         }
 
 
+def start_forkserver(kinds: set[str]) -> None:
+    """Start the forkserver now, preloading what ``kinds`` need (no effect once started).
+
+    What it preloads, once, shared by every child copy-on-write: the runner, the kinds'
+    modules, "__main__" (the entry, kept light: no child then re-runs it as __mp_main__) and
+    last gateway.preloaded (what the modules list in ``PRELOAD``, then ``gc.freeze()``).
+    Its imports run in parallel with whatever we do next. Only after a daemon detached
+    (python-daemon closes every descriptor): the run command is the foreground path.
+    """
+    from multiprocessing import forkserver
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(
+        ["__main__", "gateway.runner", *transports.modules_for(kinds), "gateway.preloaded"])
+    forkserver.ensure_running()
+
+
+def start_forkserver_early(config_path: str) -> None:
+    """Before the configuration is validated (which imports the same modules here): from a
+    plain read of the INI file, start the forkserver when it will be needed, so that the two
+    imports run side by side. A file that does not parse is left to the validation."""
+    try:
+        raw, _ = read_ini(config_path)
+    except Exception:  # noqa: BLE001 - the validation reports it properly
+        return
+    sections = {name: values for name, values in raw.items() if name != "general"}
+    method = raw.get("general", {}).get("start_method", "forkserver").strip()
+    if len(sections) < 2 or method != "forkserver":
+        return  # one transport runs in-process; another start method has no server
+    start_forkserver({v.get("transport", "").strip() for v in sections.values()})
+
+
 def describe_exit(code: int | None) -> str:
     if code is None:
         return "still running"
@@ -115,10 +147,7 @@ class Supervisor:
             # gateway.preloaded last: it freezes the collector's view of all of it. "__main__"
             # (the script or console entry, kept light) is imported there too, so that no
             # child re-runs it as __mp_main__ with whatever it imports.
-            kinds = {tc.kind for tc in config.transports.values()}
-            self.ctx.set_forkserver_preload(
-                ["__main__", "gateway.runner", *transports.modules_for(kinds),
-                 "gateway.preloaded"])
+            start_forkserver({tc.kind for tc in config.transports.values()})
         self.slots = {name: Slot(tc) for name, tc in config.transports.items()}
         self.notifier = notifier
         self.loop: asyncio.AbstractEventLoop | None = None

@@ -64,12 +64,12 @@ def _load_plugins() -> None:
 
 
 def modules_for(kinds: Iterable[str]) -> list[str]:
-    """What a process running ``kinds`` imports: their modules, what each lists in its
-    ``PRELOAD`` (libraries it imports lazily, to spare the supervisor), and the plugins."""
-    modules = sorted({KINDS[k] for k in kinds if k in KINDS})
-    extra = [m for module in modules
-             for m in getattr(importlib.import_module(module), "PRELOAD", ())]
-    return modules + extra + _plugins()
+    """The modules that register ``kinds``, and the plugins (nothing is imported here).
+
+    A module may list in ``PRELOAD`` the libraries it imports lazily (to spare the
+    supervisor, which imports it only to validate a section); gateway/preloaded.py imports
+    those in the forkserver."""
+    return sorted({KINDS[k] for k in kinds if k in KINDS}) + _plugins()
 
 
 def get(kind: str) -> type[Transport]:
