@@ -14,7 +14,8 @@ Written once here instead of once per transport. A transport gives:
   the link back: it is opened again at once), raises :class:`PeerUnavailable` when it is lost;
 - ``release(link)``: close it (always called after ``serve``);
 - ``peer_name()``, ``backoff()`` and ``device_info()`` for the logs, the pacing and the
-  status envelopes.
+  status envelopes; optionally ``announce()`` (a bus tells each device) and ``wait_retry()``
+  (a transport that answers commands while its link is down).
 """
 
 from __future__ import annotations
@@ -80,15 +81,16 @@ class DeviceTransport(Transport[S]):
             self._failure.recovered()
             self.ctx.counters.recovered()
         self._backoff.reset()
-        await self._status(True, reason)
+        await self.announce(True, reason)
 
     async def _link_down(self, reason: str) -> None:
         self._failure.failed(reason)
         self.ctx.counters.error(reason)
-        await self._status(False, reason)
+        await self.announce(False, reason)
 
-    async def _status(self, available: bool, reason: str) -> None:
-        """Availability, sent when it changes (once per outage, once per recovery)."""
+    async def announce(self, available: bool, reason: str) -> None:
+        """Availability, sent when it changes (once per outage, once per recovery); a
+        transport of many devices (a bus) tells each of its devices instead."""
         old = self._available
         if old is None or old[0] != available or (
                 self.status_on_new_reason and old[1] != reason):

@@ -226,7 +226,7 @@ class QLinkTransport(QLinkCommands, DeviceTransport[QLinkSettings]):
                              target=env.source_transport)
         self._release_envs.clear()
         await self._reject_queued("the link is released for the programming tool")
-        await self._status(False, "released for the programming tool")
+        await self.announce(False, "released for the programming tool")
         self.log.warning("link released for %.0f s", until - time.monotonic())
         while self._release_until is not None and not self.ctx.stopping.is_set():
             remaining = self._release_until - time.monotonic()

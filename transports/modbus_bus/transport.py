@@ -34,7 +34,8 @@ from gateway.message import (
 from protocols.read_plan import LinkCost, ReadRequest
 from protocols.registers import Value
 from transports import register
-from transports.base import Transport, TransportContext
+from transports.base import TransportContext
+from transports.device import DeviceTransport, PeerUnavailable
 from transports.modbus.link import ModbusLink, RequestFailed
 from transports.modbus.settings import ModbusRtuSettings, ModbusSettings, ModbusTcpSettings
 from transports.modbus_bus.blocks import READ, REFUSED, SPLIT, SPLIT_CODES, Learned, walk
@@ -71,7 +72,7 @@ def link_cost(settings: BusSettings) -> LinkCost | None:
     return LinkCost(baudrate=settings.baudrate, bits_per_char=bits)
 
 
-class ModbusBusTransport(BusCommands, Transport[BusSettings]):
+class ModbusBusTransport(BusCommands, DeviceTransport[BusSettings]):
     accepts: ClassVar[frozenset[str]] = frozenset({COMMAND})
 
     def __init__(self, settings: BusSettings, ctx: TransportContext) -> None:
@@ -86,15 +87,11 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
         self._wake = asyncio.Event()
         self._connected_at = 0.0
         self._quiet_from = 0.0
-        self._retry_at = 0.0
-        self._ever_connected = False
+        self._had_link = False  # the next open is a reconnect (counted)
         self._where = f"bus {settings.where()}"
-        self._failure = FailureLog(self.log, f"modbus {self._where}")
         self._silence = {n: FailureLog(self.log, f"{self._where} device {n}")
                          for n in self.members}
         self._refusals_seen: set[tuple[str, str, int]] = set()
-        self._backoff = Backoff(initial=min(1.0, settings.reconnect_max),
-                                maximum=settings.reconnect_max)
         for key in COUNTERS:
             ctx.counters.extra.setdefault(key, 0)
 
@@ -136,20 +133,38 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
             baudrate=s.baudrate, parity=s.parity, stopbits=s.stopbits, bytesize=s.bytesize,
             **common)
 
-    async def _open(self) -> bool:
-        if self.link is not None:
-            self.link.close()
-            self.link = None
+    # the reconnect loop and its logs are DeviceTransport's; members report their own status
+    def peer_name(self) -> str:
+        return f"modbus bus {self.settings.where()}"
+
+    def backoff(self) -> Backoff:
+        return Backoff(initial=min(1.0, self.settings.reconnect_max),
+                       maximum=self.settings.reconnect_max)
+
+    async def announce(self, available: bool, reason: str) -> None:
+        """The bus itself has no status: down, every device is unavailable; up, each device
+        says so with its next good scan."""
+        if not available:
+            await self._all_unavailable("bus not connected")
+
+    async def wait_retry(self, seconds: float) -> None:
+        """Between two attempts, commands are still answered (with an error, at once)."""
+        until = time.monotonic() + seconds
+        while not self.ctx.stopping.is_set() and (left := until - time.monotonic()) > 0:
+            await self._serve_commands()
+            await self._idle(left)
+
+    async def open(self) -> ModbusLink:
+        if self._had_link:
+            self._had_link = False
             self._count("reconnects")
         try:
             link = ModbusLink(self._link_settings())
         except PortNotFound as exc:
-            self._failure.failed(exc)
-            return False
+            raise PeerUnavailable(str(exc)) from exc
         if not await link.connect():
             link.close()
-            self._failure.failed(f"cannot open {self.settings.where()}")
-            return False
+            raise PeerUnavailable(f"cannot open {self.settings.where()}")
         assert link.client is not None
         # pymodbus 3.16 (pinned) closes a TCP link after retries+3 unanswered requests in a
         # row, counting from the connect: behind a gateway that is one dead device, not a
@@ -159,25 +174,19 @@ class ModbusBusTransport(BusCommands, Transport[BusSettings]):
         link.client.ctx.count_until_disconnect = NEVER_DISCONNECT
         self.link = link
         self._connected_at = time.monotonic()
-        self._backoff.reset()
-        self._failure.recovered()
         for m in self.members.values():
             m.described = False
-        return True
+        return link
 
-    async def run(self) -> None:
-        while not self.ctx.stopping.is_set():
-            if self.link is None or not self.link.connected:
-                now = time.monotonic()
-                if now < self._retry_at:
-                    await self._serve_commands()
-                    await self._idle(self._retry_at - now)
-                    continue
-                if not await self._open():
-                    await self._all_unavailable("bus not connected")
-                    delay = self._backoff.next_delay() or self.settings.reconnect_max
-                    self._retry_at = time.monotonic() + delay
-                    continue
+    async def release(self, link: ModbusLink) -> None:
+        link.close()
+        self._had_link = True
+
+    async def serve(self, link: ModbusLink) -> None:
+        """Scan the devices in their turns; returns when the link drops (reopened at once,
+        as a dropped TCP connection to a gateway usually is only that) or we stop."""
+        await self.link_up("bus connected")
+        while not self.ctx.stopping.is_set() and link.connected:
             await self._serve_commands()
             slot = self.schedule.upcoming()
             wait = slot.due - time.monotonic()
