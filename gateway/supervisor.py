@@ -13,6 +13,10 @@ target slots; ``ctl`` reads its control pipe (heartbeats, acknowledgements); ``d
 the slot's queue into its child's pipe. A full target queue blocks the ``up`` thread of its
 sources (backpressure reaches the inputs) but never a ``ctl`` thread: no traffic can stall a
 heartbeat or an acknowledgement (docs/architecture.md "No deadlock").
+
+Size: over the ~400 guide on purpose: the routing threads and the process life share one
+invariant (a slot's condition guards its queue, its unacknowledged batches, its pipe and its
+state, and every change of any of them notifies it), easier to check in one file.
 """
 
 from __future__ import annotations

@@ -12,7 +12,7 @@ from typing import Any
 from gateway.channel import row
 from gateway.commands import CommandWindow
 from gateway.message import Envelope
-from gateway.runner import Outbox
+from gateway.outbox import Outbox
 from pytests.helpers import Harness
 from transports.jsonl_out import JsonlOut, JsonlSettings
 from transports.system import SystemInput, SystemSettings
