@@ -64,7 +64,8 @@ class InProcess:
                 self._ready = True
                 self.notifier.ready()
                 self.notifier.status(f"1 transport: {self.config.name} running in-process")
-            self.notifier.watchdog()
+            if self.notifier.watchdog_interval():
+                self.notifier.watchdog()
 
     def _watch(self) -> None:
         """A thread: exit the process when the loop stops beating (nothing else can end it)."""

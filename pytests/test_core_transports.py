@@ -11,9 +11,14 @@ from typing import Any
 
 from gateway.channel import row
 from gateway.commands import CommandWindow
-from gateway.message import Envelope
+from gateway.config import TransportConfig
+from gateway.message import COMMAND, EVENT, Envelope, ValueSpec, command_result
 from gateway.outbox import Outbox
+from gateway.runner import TransportHost
+from gateway.settings import GeneralSettings, TransportSettings
 from pytests.helpers import Harness
+from transports import register
+from transports.base import Transport
 from transports.jsonl_out import JsonlOut, JsonlSettings
 from transports.system import SystemInput, SystemSettings
 
@@ -105,3 +110,87 @@ def test_system_reading_has_host_figures(tmp_path: Path) -> None:
     assert data["cpu_count"] >= 1 and 0 <= data["memory_used_percent"] <= 100
     assert 0 <= data["disk_used_percent"] <= 100
     assert readings[0].source_transport_info["device_identifier"].startswith("host-")
+
+
+class SlowDevice(Transport[TransportSettings]):
+    """Takes commands and never finishes one: its queue fills."""
+
+    kind = "test_slow_device"
+    Settings = TransportSettings
+    accepts = frozenset({COMMAND})
+
+    async def receive(self, envelope: Envelope) -> None:
+        await asyncio.Event().wait()
+
+    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]]:
+        return [({"device_identifier": "slow"}, [ValueSpec("level", writable=True)])]
+
+
+def _host(kind: str, cls: type[Transport[Any]], **general: Any) -> tuple[TransportHost, Outbox]:
+    register(cls)
+    config = TransportConfig("dev", kind, TransportSettings(transport=kind))
+    outbox = Outbox(None, capacity=100, policy="block", log=logging.getLogger("t"))
+    return TransportHost(config, GeneralSettings(**general), logging.getLogger("t"),
+                         outbox), outbox
+
+
+def test_receiving_side_answers_busy_when_its_command_queue_is_full() -> None:
+    async def main() -> list[tuple[str, tuple[Any, ...]]]:
+        host, outbox = _host("test_slow_device", SlowDevice, command_queue=2)
+        consume = asyncio.create_task(host._consume())
+        worker = asyncio.create_task(host._run_commands())
+        commands = [Envelope("mqtt", COMMAND, {"command": "write", "request_id": f"r{i}",
+                                               "values": {"level": i}}) for i in range(6)]
+        host.inbox.put_nowait((commands, None))
+        host.inbox.put_nowait(([Envelope("mqtt", COMMAND, {"command": "describe",
+                                                           "request_id": "d"})], None))
+        await asyncio.wait_for(host.inbox.join(), 5)  # the inbox never waits on a command
+        consume.cancel()
+        worker.cancel()
+        return list(outbox.items)
+
+    items = asyncio.run(main())
+    answers = [(target, r[2]) for target, r in items]
+    assert all(target == "mqtt" for target, _ in answers)
+    busy = [d["request_id"] for _, d in answers if d.get("result") == "busy"]
+    # the batch is admitted in one turn: two wait in the queue, the rest are answered at once
+    assert busy == ["r2", "r3", "r4", "r5"]
+    described = [d for _, d in answers if d.get("event") == "describe"]
+    assert described and described[0]["values"]["level"]["writable"] is True
+    assert any(d.get("request_id") == "d" and d.get("ok") for _, d in answers)
+
+
+class Commander(Transport[TransportSettings]):
+    kind = "test_commander"
+    Settings = TransportSettings
+    accepts = frozenset({EVENT})
+
+    def __init__(self, settings: TransportSettings, ctx: Any) -> None:
+        super().__init__(settings, ctx)
+        self.results: list[dict[str, Any]] = []
+
+    async def receive_batch(self, envelopes: list[Envelope]) -> None:
+        self.results += [e.data for e in envelopes]
+
+
+def test_sending_side_answers_busy_past_the_window_and_frees_it_on_a_result() -> None:
+    async def main() -> tuple[Commander, list[tuple[str, tuple[Any, ...]]]]:
+        host, outbox = _host("test_commander", Commander, command_window=3)
+        consume = asyncio.create_task(host._consume())
+        for i in range(5):
+            host.ctx.command("evse", {"command": "write", "request_id": f"c{i}"})
+        await asyncio.wait_for(host.inbox.join(), 5)
+        result = command_result({"command": "write", "request_id": "c0"}, True, "ok")
+        host.inbox.put_nowait(([Envelope("evse", EVENT, result)], None))
+        await asyncio.wait_for(host.inbox.join(), 5)
+        host.ctx.command("evse", {"command": "write", "request_id": "c5"})
+        await asyncio.wait_for(host.inbox.join(), 5)
+        consume.cancel()
+        assert isinstance(host.transport, Commander)
+        return host.transport, list(outbox.items)
+
+    transport, sent = asyncio.run(main())
+    assert [r[2]["request_id"] for _, r in sent] == ["c0", "c1", "c2", "c5"]
+    busy = [d["request_id"] for d in transport.results if d["result"] == "busy"]
+    assert busy == ["c3", "c4"]  # answered here, never sent
+    assert transport.results[-1]["request_id"] == "c0"  # the real result came through too
