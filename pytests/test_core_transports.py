@@ -9,6 +9,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
+import transports
 from gateway.channel import row
 from gateway.commands import CommandWindow
 from gateway.config import TransportConfig
@@ -17,7 +18,6 @@ from gateway.outbox import Outbox
 from gateway.runner import TransportHost
 from gateway.settings import GeneralSettings, TransportSettings
 from pytests.helpers import Harness
-from transports import register
 from transports.base import Transport
 from transports.jsonl_out import JsonlOut, JsonlSettings
 from transports.system import SystemInput, SystemSettings
@@ -126,17 +126,18 @@ class SlowDevice(Transport[TransportSettings]):
         return [({"device_identifier": "slow"}, [ValueSpec("level", writable=True)])]
 
 
-def _host(kind: str, cls: type[Transport[Any]], **general: Any) -> tuple[TransportHost, Outbox]:
-    register(cls)
+def _host(monkeypatch: Any, kind: str, cls: type[Transport[Any]], **general: Any
+          ) -> tuple[TransportHost, Outbox]:
+    monkeypatch.setitem(transports._REGISTRY, kind, cls)  # for this test only
     config = TransportConfig("dev", kind, TransportSettings(transport=kind))
     outbox = Outbox(None, capacity=100, policy="block", log=logging.getLogger("t"))
     return TransportHost(config, GeneralSettings(**general), logging.getLogger("t"),
                          outbox), outbox
 
 
-def test_receiving_side_answers_busy_when_its_command_queue_is_full() -> None:
+def test_receiving_side_answers_busy_when_its_command_queue_is_full(monkeypatch: Any) -> None:
     async def main() -> list[tuple[str, tuple[Any, ...]]]:
-        host, outbox = _host("test_slow_device", SlowDevice, command_queue=2)
+        host, outbox = _host(monkeypatch, "test_slow_device", SlowDevice, command_queue=2)
         consume = asyncio.create_task(host._consume())
         worker = asyncio.create_task(host._run_commands())
         commands = [Envelope("mqtt", COMMAND, {"command": "write", "request_id": f"r{i}",
@@ -173,9 +174,10 @@ class Commander(Transport[TransportSettings]):
         self.results += [e.data for e in envelopes]
 
 
-def test_sending_side_answers_busy_past_the_window_and_frees_it_on_a_result() -> None:
+def test_sending_side_answers_busy_past_the_window_and_frees_it_on_a_result(
+        monkeypatch: Any) -> None:
     async def main() -> tuple[Commander, list[tuple[str, tuple[Any, ...]]]]:
-        host, outbox = _host("test_commander", Commander, command_window=3)
+        host, outbox = _host(monkeypatch, "test_commander", Commander, command_window=3)
         consume = asyncio.create_task(host._consume())
         for i in range(5):
             host.ctx.command("evse", {"command": "write", "request_id": f"c{i}"})
