@@ -1,11 +1,14 @@
 """Bridge throughput and latency, beside the raw ceiling measured in the same run.
 
-    python bench/bridge.py [--count 200000]
+    python bench/bridge.py [--count 200000] [--ceiling-seconds 2]
 
 Prints envelopes/s from two input processes into one output process through the real
 supervisor (with batching, and with bridge_batch_max = 1), the raw ceiling (one process sending
 batches of 100 dicts through a bare multiprocessing.Queue to another) and p50/p99 latency at a
-steady 1,000 envelopes/s.
+steady 1,000 envelopes/s. The ceiling is measured for ``--ceiling-seconds`` (at least 2 s)
+right before and right after the batched gateway run, and their mean is the denominator: on a
+shared machine a half-second ceiling swung 2.5x between runs. The gateways run with a run
+directory of their own (``PGW_RUN_DIR``), so another gateway on this machine is no obstacle.
 """
 
 from __future__ import annotations
@@ -26,25 +29,29 @@ PAYLOAD = {"i": 0, "t": 0.0, "power": 1234.5, "voltage": 230.1, "current": 5.4, 
            "state": "charging", "temp": 31.2, "ok": True, "freq": 50.01}
 
 
-def _raw_consumer(q: mp.Queue, total: int, out: mp.Queue) -> None:
+def _raw_consumer(q: mp.Queue, out: mp.Queue) -> None:
     got = 0
-    while got < total:
-        got += len(q.get())
-    out.put(time.monotonic())
+    while (batch := q.get()) is not None:
+        got += len(batch)
+    out.put((time.monotonic(), got))
 
 
-def raw_ceiling(total: int) -> float:
-    """One producer, one consumer, batches of 100 ~10-key dicts through a bare Queue."""
+def raw_ceiling(seconds: float) -> float:
+    """One producer, one consumer, batches of 100 ~10-key dicts through a bare Queue, for
+    ``seconds``; a bounded queue, so the producer cannot run ahead of the consumer."""
     ctx = mp.get_context("fork")
-    q, done = ctx.Queue(), ctx.Queue()
-    consumer = ctx.Process(target=_raw_consumer, args=(q, total, done))
+    q, done = ctx.Queue(64), ctx.Queue()
+    consumer = ctx.Process(target=_raw_consumer, args=(q, done))
     consumer.start()
     start = time.monotonic()
-    for n in range(0, total, 100):
+    n = 0
+    while time.monotonic() - start < seconds:
         q.put([dict(PAYLOAD, i=n + k) for k in range(100)])
-    end = done.get()
+        n += 100
+    q.put(None)
+    end, got = done.get()
     consumer.join()
-    return total / (end - start)
+    return got / (end - start)
 
 
 def through_gateway(count_each: int, batch_max: int, rate: float = 0.0, batch: int = 100
@@ -78,7 +85,8 @@ transport = bench_sink
 expect = {2 * count_each}
 result = {result}
 """)
-        env = dict(os.environ, PGW_PLUGINS="bench.load_transports", PYTHONPATH=str(ROOT))
+        env = dict(os.environ, PGW_PLUGINS="bench.load_transports", PYTHONPATH=str(ROOT),
+                   PGW_RUN_DIR=str(Path(tmp) / "run"))
         proc = subprocess.Popen([sys.executable, str(ROOT / "protocol_gateway.py"), str(config)],
                                 env=env, cwd=tmp)
         try:
@@ -97,10 +105,15 @@ result = {result}
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--count", type=int, default=200_000, help="envelopes per input")
+    parser.add_argument("--ceiling-seconds", type=float, default=2.0)
     args = parser.parse_args()
-    raw = raw_ceiling(2 * args.count)
-    print(f"raw ceiling (bare Queue, batches of 100): {raw:,.0f} dicts/s")
+    seconds = max(2.0, args.ceiling_seconds)
+    before = raw_ceiling(seconds)
     batched = through_gateway(args.count, 500)
+    after = raw_ceiling(seconds)
+    raw = (before + after) / 2
+    print(f"raw ceiling (bare Queue, batches of 100, {seconds:g} s before and after): "
+          f"{raw:,.0f} dicts/s (before {before:,.0f}, after {after:,.0f})")
     rate = batched["count"] / batched["seconds"]
     print(f"gateway, 2 inputs -> 1 output, batched (emit_many of 100): {rate:,.0f} envelopes/s "
           f"({rate / raw:.2f} of the raw ceiling)")

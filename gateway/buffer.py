@@ -297,7 +297,7 @@ class StoreAndForward:
         if n <= 0:
             return
         self.counters.dropped += n
-        self.counters.extra["buffer_dropped"] = int(self.counters.extra["buffer_dropped"]) + n
+        self.counters.incr("buffer_dropped", n)
         self._drops_unlogged += n
         now = time.monotonic()
         if now - self._last_drop_log >= _DROP_LOG_INTERVAL:
@@ -356,9 +356,7 @@ class StoreAndForward:
         try:
             await sink.write([decode(body) for _, body in rows])
         except Rejected as exc:
-            self.counters.extra["buffer_rejected"] = (
-                int(self.counters.extra["buffer_rejected"]) + len(rows)
-            )
+            self.counters.incr("buffer_rejected", len(rows))
             self.counters.error(f"rejected: {exc}")
             self.log.error("sink rejected %d envelopes for good, dropped: %s", len(rows), exc)
         except SinkUnavailable as exc:
@@ -370,22 +368,32 @@ class StoreAndForward:
         if not self._opened:
             return True  # closed meanwhile: the rows stay and are sent again (at-least-once)
         delivered = self.queue.delete_through(rows[-1][0])
-        self.counters.extra["delivered"] = int(self.counters.extra["delivered"]) + delivered
+        self.counters.incr("delivered", delivered)
         self.counters.extra["buffer_rows"] = self.queue.count
         self._waiting_since = time.monotonic() if self.queue.count else None
-        self.failure.recovered()
+        if self.failure.failing:
+            self.failure.recovered()
+            self.counters.recovered()
         self.backoff.reset()
         return True
 
-    async def run(self, sink: Sink) -> None:
-        """Deliver forever, in order, retrying with backoff; returns only by cancellation."""
+    async def run(self, sink: Sink, ready: asyncio.Event | None = None) -> None:
+        """Deliver forever, in order, retrying with backoff; returns only by cancellation.
+
+        ``ready`` (set while the sink is connected) gates every attempt: nothing is tried, and
+        so no failure is logged, before a sink that connects by itself is up.
+        """
         self.open()
         while True:
             await self._wait_for_batch()
+            if ready is not None:
+                await ready.wait()
+            # Cleared before the attempt, not after: a wake() that comes while the attempt
+            # fails (the sink's "I am back") must cut the following wait short, not be lost.
+            self._wake.clear()
             if await self.deliver_once(sink):
                 continue
             delay = self.backoff.next_delay() or self.settings.retry_max
-            self._wake.clear()
             try:
                 await asyncio.wait_for(self._wake.wait(), delay)
             except TimeoutError:

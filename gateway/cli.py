@@ -18,13 +18,12 @@ import logging
 import os
 import signal
 import sys
-import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
-from gateway import logs, status_http
+from gateway import logs
 from gateway.config import ConfigError, GatewayConfig, effective_settings, load_config, render_ini
 
 EXIT_CONFIG = 2
@@ -91,6 +90,10 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.demo import run_demo
 
         return run_demo(args.duration, args.dir, args.instance)
+    if args.command == "run" and not args.print_config:
+        from gateway.supervisor import start_forkserver_early
+
+        start_forkserver_early(args.config)  # its imports run beside the validation's
     try:
         config = load_config(args.config, sets=args.set, instance=args.instance)
     except ConfigError as exc:
@@ -147,6 +150,7 @@ def run_gateway(config: GatewayConfig, notifier: Any = None) -> int:
         return EXIT_CONFIG
     if len(config.transports) == 1:
         return asyncio.run(_run_single(config, notifier, log))
+    from gateway import status_http  # aiohttp: only the process that serves it imports it
     from gateway.supervisor import Supervisor
 
     supervisor = Supervisor(config, notifier)
@@ -164,39 +168,28 @@ def run_gateway(config: GatewayConfig, notifier: Any = None) -> int:
 
 
 async def _run_single(config: GatewayConfig, notifier: Any, log: logging.Logger) -> int:
-    """One transport: run it right here, no processes, no pipes."""
-    from gateway.runner import TransportHost
+    """One transport: run it right here, no processes, no pipes; same restart policy and
+    heartbeat as with processes (gateway/single.py)."""
+    from gateway import status_http
+    from gateway.single import InProcess
 
     (tc,) = config.transports.values()
     tlog = logs.setup(tc.name, config.general.log_level, config.general.log_file)
-    host = TransportHost(tc, config.general, tlog, outbox=None)
+    single = InProcess(tc, config.general, tlog, notifier)
     loop = asyncio.get_running_loop()
-    started = time.monotonic()
 
     def stop(sig: int) -> None:
         tlog.info("received %s: stopping", signal.Signals(sig).name)
         if notifier is not None:
             notifier.stopping()
-        host.stop_requested.set()
+        single.request_stop()
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
-
-    def snapshot() -> list[dict[str, Any]]:
-        stats = host.stats()
-        return [{"name": tc.name, "kind": tc.kind,
-                 "state": "stopped" if host.stop_requested.is_set() else "running",
-                 "pid": None, "restarts": 0, "envelopes_in": stats["envelopes_in"],
-                 "envelopes_out": stats["envelopes_out"], "dropped": stats["dropped"],
-                 "errors": stats["errors"], "last_error": stats["last_error"],
-                 "exit_code": None, "uptime": round(time.monotonic() - started, 1)}]
-
-    runner = await status_http.start(snapshot, config.general.http_host, http_port(config))
-    if notifier is not None:
-        notifier.ready()
-        notifier.status(f"1 transport: {tc.name} running in-process")
+    runner = await status_http.start(lambda: [single.public()], config.general.http_host,
+                                     http_port(config))
     try:
-        code = await host.serve()
+        code = await single.run()
     finally:
         if runner is not None:
             await runner.cleanup()

@@ -248,7 +248,7 @@ def load_config(
     general_model, general_problems = _validate(
         GeneralSettings, raw.get(GENERAL, {}), source, GENERAL, lines)
     problems += general_problems
-    registry = transports.load_all()
+    registry = transports.known()  # imports only the kinds looked up
     configs: dict[str, TransportConfig] = {}
     for section, values in raw.items():
         if section == GENERAL:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import gc
 import logging
 import multiprocessing
 import multiprocessing.connection
@@ -19,150 +20,65 @@ import os
 import signal
 import threading
 import time
-from collections import deque
 from collections.abc import Callable
-from multiprocessing.connection import Connection
 
 import transports
 from gateway import channel, logs
+from gateway.commands import CommandWindow
 from gateway.config import TransportConfig
-from gateway.message import Envelope
+from gateway.message import COMMAND, EVENT, Envelope, command_result
+from gateway.outbox import ControlLine, Outbox
 from gateway.settings import GeneralSettings
-from transports.base import Transport, TransportContext
+from transports.base import Transport, TransportContext, describe_answer
 
-BATCH_MAX = 500
 INBOX_BATCHES = 64
 PARENT_GONE_GRACE = 1.0
+GC_THRESHOLD = 20_000
 
 
-class Outbox:
-    """Envelopes waiting to go up the pipe, sent in batches by a thread of their own.
-
-    The event loop never blocks on a pipe write: ``put`` appends under a lock; the sender
-    thread takes whatever has accumulated (natural batching: one envelope when idle, hundreds
-    under load) and writes one frame per target. Bounded by ``capacity``; when full, the
-    ``block`` policy makes ``emit`` wait (backpressure), ``drop_oldest`` drops and counts.
-    """
-
-    def __init__(self, conn: Connection | None, capacity: int, policy: str,
-                 log: logging.Logger, batch_max: int = BATCH_MAX) -> None:
-        self.conn = conn
-        self.batch_max = batch_max
-        self.capacity = capacity
-        self.policy = policy
-        self.log = log
-        self.items: deque[tuple[str, Envelope]] = deque()
-        self.control: deque[bytes] = deque()
-        self.cond = threading.Condition()
-        self.closed = False
-        self.dropped = 0
-        self.sent = 0
-        self.broken = False
-        self._thread = threading.Thread(target=self._send_loop, name="outbox", daemon=True)
-        if conn is not None:
-            self._thread.start()
-
-    def has_room(self) -> bool:
-        return len(self.items) < self.capacity
-
-    def put(self, target: str, envelope: Envelope) -> bool:
-        """Queue one envelope; False when full under the block policy (caller waits)."""
-        with self.cond:
-            if len(self.items) >= self.capacity:
-                if self.policy != "drop_oldest":
-                    return False
-                self.items.popleft()
-                self.dropped += 1
-                if self.dropped == 1 or self.dropped % 1000 == 0:
-                    self.log.warning("bridge full: dropped %d oldest envelopes so far "
-                                     "(queue_full_policy = drop_oldest)", self.dropped)
-            self.items.append((target, envelope))
-            self.cond.notify()
-        return True
-
-    def put_many(self, items: list[tuple[str, Envelope]]) -> int:
-        """Queue as many of ``items`` as fit (all under drop_oldest); returns how many."""
-        with self.cond:
-            room = self.capacity - len(self.items)
-            if self.policy != "drop_oldest":
-                items = items[:max(room, 0)]
-            else:
-                overflow = len(items) - room
-                for _ in range(max(overflow, 0)):
-                    if self.items:
-                        self.items.popleft()
-                        self.dropped += 1
-                if overflow > 0:
-                    self.log.warning("bridge full: dropped %d oldest envelopes so far "
-                                     "(queue_full_policy = drop_oldest)", self.dropped)
-            self.items.extend(items)
-            self.cond.notify()
-        return len(items)
-
-    def put_control(self, frame: bytes) -> None:
-        with self.cond:
-            self.control.append(frame)
-            self.cond.notify()
-
-    def _send_loop(self) -> None:
-        assert self.conn is not None
-        while True:
-            with self.cond:
-                while not self.items and not self.control and not self.closed:
-                    self.cond.wait()
-                if self.closed and not self.items and not self.control:
-                    return
-                control = list(self.control)
-                self.control.clear()
-                batch = [self.items.popleft() for _ in range(min(self.batch_max, len(self.items)))]
-            frames = control[:]
-            by_target: dict[str, list[Envelope]] = {}
-            for target, envelope in batch:
-                by_target.setdefault(target, []).append(envelope)
-            frames += [channel.envelope_frame(t, envs) for t, envs in by_target.items()]
-            try:
-                for frame in frames:
-                    self.conn.send_bytes(frame)
-            except OSError:
-                self.broken = True  # the supervisor is gone; the parent watch ends us
-                return
-            self.sent += len(batch)
-
-    def close(self, timeout: float) -> None:
-        """Send what is queued (up to ``timeout``), then stop the thread."""
-        with self.cond:
-            self.closed = True
-            self.cond.notify()
-        if self._thread.is_alive():
-            self._thread.join(timeout)
+InboxItem = tuple[list[Envelope], Callable[[], None] | None]
 
 
 class TransportHost:
-    """One transport's life inside its process (or the supervisor's, in single mode)."""
+    """One transport's life inside its process (or the supervisor's, in single mode).
+
+    The inbox path (``_consume``) never waits on the bridge: readings go to ``receive_batch``,
+    commands to a bounded queue of their own (``busy`` when full), results free the command
+    window. That is what keeps two transports that send to each other from blocking each
+    other (docs/architecture.md "No deadlock").
+    """
 
     def __init__(self, config: TransportConfig, general: GeneralSettings,
-                 log: logging.Logger, outbox: Outbox | None) -> None:
+                 log: logging.Logger, outbox: Outbox | None,
+                 control: ControlLine | None = None) -> None:
         self.config = config
         self.general = general
         self.log = log
         self.outbox = outbox
+        self.control = control
         self.targets = config.settings.bridge
-        self.ctx = TransportContext(config.name, general, self._emit, log, self._emit_many)
+        self.ctx = TransportContext(config.name, general, self._emit, log, self._emit_many,
+                                    commander=self._command)
         cls = transports.get(config.kind)
         self.transport: Transport = cls(config.settings, self.ctx)
-        self.inbox: asyncio.Queue[tuple[int, list[Envelope]]] = asyncio.Queue()
-        self.on_batch_done: Callable[[], None] = lambda: None
+        self.inbox: asyncio.Queue[InboxItem] = asyncio.Queue()
+        self.window = CommandWindow(general.command_window, general.command_timeout)
+        self.commands: asyncio.Queue[Envelope] = asyncio.Queue(general.command_queue)
         self.stop_task: asyncio.Task[None] | None = None
         self.stop_requested = asyncio.Event()
+        self.on_beat: Callable[[], None] = lambda: None  # single mode's watchdog
         self._busy = False
 
-    async def _emit(self, envelope: Envelope) -> None:
+    def _targets(self, envelope: Envelope) -> tuple[str, ...]:
         target = envelope.target_transport
-        targets = self.targets if target is None else (
-            (target,) if isinstance(target, str) else target)
+        if target is None:
+            return tuple(self.targets)
+        return (target,) if isinstance(target, str) else tuple(target)
+
+    async def _emit(self, envelope: Envelope) -> None:
+        targets = self._targets(envelope)
         if self.outbox is None or not targets:
-            self.ctx.counters.extra["unrouted"] = int(
-                self.ctx.counters.extra.get("unrouted", 0)) + 1
+            self.ctx.counters.incr("unrouted")
             self.log.debug("no bridge target for %s envelope %d", envelope.kind,
                            envelope.sequence)
             return
@@ -170,45 +86,131 @@ class TransportHost:
             while not self.outbox.put(name, envelope):
                 await asyncio.sleep(0.005)  # backpressure: the bridge is full
 
-    async def _emit_many(self, envelopes: list[Envelope]) -> None:
+    async def _emit_many(self, rows: list[channel.Row]) -> None:
+        """Rows straight from ``emit_many``: no envelope object is built on this side."""
         if self.outbox is None:
-            for envelope in envelopes:
-                await self._emit(envelope)
+            for item in rows:
+                await self._emit(Envelope(*item))
             return
-        items = []
-        for envelope in envelopes:
-            target = envelope.target_transport
-            targets = self.targets if target is None else (
-                (target,) if isinstance(target, str) else target)
-            items += [(name, envelope) for name in targets]
+        if all(item[3] is None for item in rows):
+            items = [(name, item) for item in rows for name in self.targets]
+        else:
+            items = [(name, item) for item in rows
+                     for name in self._targets(Envelope(*item))]
         while items:
             done = self.outbox.put_many(items)
             items = items[done:]
             if items:
                 await asyncio.sleep(0.005)  # backpressure: the bridge is full
 
+    # -- commands ------------------------------------------------------------------------
+    def _command(self, envelope: Envelope) -> None:
+        """Send a command inside its target's window, or answer it ``busy`` here; never wait."""
+        data = envelope.data
+        if not data.get("request_id"):
+            data = envelope.data = {**data, "request_id": f"{self.ctx.name}-{envelope.sequence}"}
+        for target in self._targets(envelope):
+            if self.outbox is None:
+                self._answer_locally(target, data, "error", "no bridge in single-transport mode")
+            elif not self.window.admit(target, str(data["request_id"]), data,
+                                       time.monotonic()):
+                self.ctx.counters.incr("commands_busy")
+                self._answer_locally(target, data, "busy",
+                                     f"{target} has {self.window.size} commands unanswered")
+            else:
+                self.outbox.put(target, envelope, urgent=True)
+
+    def _answer_locally(self, target: str, data: dict[str, object], result: str,
+                        detail: str) -> None:
+        """A result for our own command, as if ``target`` had sent it."""
+        answer = Envelope(target, EVENT, command_result(data, False, result, detail),
+                          self.ctx.name)
+        if EVENT in self.transport.accepts:
+            self.inbox.put_nowait(([answer], None))
+
+    def _answer(self, command: Envelope, ok: bool, result: str, detail: str = "",
+                info: dict[str, str] | None = None) -> None:
+        """Answer a command that came to us; never waits (bounded by the senders' windows)."""
+        env = self.ctx.envelope(EVENT, command_result(command.data, ok, result, detail),
+                                command.source_transport, info)
+        if self.outbox is not None:
+            self.outbox.put(command.source_transport, env, urgent=True)
+            self.ctx.counters.envelopes_out += 1
+
+    def _describe(self, command: Envelope) -> bool:
+        """Answer ``describe`` from the transport's ``describe()``; False if it has none."""
+        answer = describe_answer(self.transport, command)
+        if answer is None:
+            return False
+        for kind, data, info in answer:
+            env = self.ctx.envelope(kind, data, command.source_transport, info)
+            if self.outbox is not None:
+                self.outbox.put(command.source_transport, env, urgent=True)
+                self.ctx.counters.envelopes_out += 1
+        return True
+
+    def _admit(self, command: Envelope) -> None:
+        if command.data.get("command") == "describe" and self._describe(command):
+            return
+        try:
+            self.commands.put_nowait(command)
+        except asyncio.QueueFull:
+            self.ctx.counters.incr("commands_refused_busy")
+            self._answer(command, False, "busy",
+                         f"{self.ctx.name} has {self.commands.maxsize} commands waiting")
+
+    async def _run_commands(self) -> None:
+        """Commands one at a time, in arrival order: one writer per device."""
+        while True:
+            command = await self.commands.get()
+            try:
+                await self.transport.receive(command)
+            except Exception as exc:
+                self.ctx.counters.error(f"command: {exc}")
+                self.log.exception("command %s from %s failed", command.data.get("command"),
+                                   command.source_transport)
+                self._answer(command, False, "error", str(exc))
+            finally:
+                self.commands.task_done()
+
+    def _expire(self) -> None:
+        for target, data in self.window.expired(time.monotonic()):
+            self.ctx.counters.incr("commands_timeout")
+            self._answer_locally(target, data, "timeout",
+                                 f"no answer from {target} in {self.window.timeout:g} s")
+
+    # -- the inbox -----------------------------------------------------------------------
     def stats(self) -> dict[str, object]:
         c = self.ctx.counters
         return {
             "time": time.monotonic(), "envelopes_in": c.envelopes_in,
             "envelopes_out": c.envelopes_out, "errors": c.errors, "last_error": c.last_error,
+            "last_error_at": c.last_error_at, "recovered_at": c.recovered_at,
             "dropped": c.dropped + (self.outbox.dropped if self.outbox else 0),
             "extra": dict(c.extra),
         }
 
     async def _heartbeat(self) -> None:
         while True:
-            if self.outbox is not None:
-                self.outbox.put_control(channel.heartbeat_frame(self.stats()))
+            if self.control is not None:
+                self.control.send(channel.heartbeat_frame(self.stats()))
+            self.on_beat()
+            self._expire()
             await asyncio.sleep(self.general.heartbeat_interval)
 
     async def _consume(self) -> None:
         accepts = self.transport.accepts
+        records = self.transport.records_commands
         while True:
-            batch_id, envelopes = await self.inbox.get()
+            envelopes, done = await self.inbox.get()
             self._busy = True
             self.ctx.counters.envelopes_in += len(envelopes)
-            wanted = [e for e in envelopes if e.kind in accepts]
+            kinds = {e.kind for e in envelopes}
+            if COMMAND not in kinds and EVENT not in kinds:  # readings: the hot path
+                wanted = envelopes if kinds <= accepts else [
+                    e for e in envelopes if e.kind in accepts]
+            else:
+                wanted = self._sort_in(envelopes, accepts, records)
             try:
                 if wanted:
                     await self.transport.receive_batch(wanted)
@@ -218,10 +220,26 @@ class TransportHost:
                                    sorted({e.source_transport for e in wanted}))
             finally:
                 self._busy = False
-            if self.outbox is not None and batch_id:
-                self.outbox.put_control(channel.ack_frame(batch_id))
-            self.on_batch_done()
+            if done is not None:
+                done()
             self.inbox.task_done()
+
+    def _sort_in(self, envelopes: list[Envelope], accepts: frozenset[str], records: bool
+                 ) -> list[Envelope]:
+        """Commands to their queue, results to the command window; the rest for receive."""
+        wanted = []
+        for e in envelopes:
+            if e.kind == COMMAND and not records:
+                if COMMAND in accepts:
+                    self._admit(e)
+                else:
+                    self._answer(e, False, "unsupported", f"{self.ctx.name} takes no commands")
+                continue
+            if e.kind == EVENT and e.data.get("event") == "command_result":
+                self.window.answered(e.source_transport, str(e.data.get("request_id")))
+            if e.kind in accepts:
+                wanted.append(e)
+        return wanted
 
     async def _life(self) -> None:
         await self.transport.connect()
@@ -230,7 +248,8 @@ class TransportHost:
     async def serve(self) -> int:
         """Run until the transport ends or a stop is requested; return the exit code."""
         tasks = [asyncio.create_task(self._heartbeat(), name="heartbeat"),
-                 asyncio.create_task(self._consume(), name="consume")]
+                 asyncio.create_task(self._consume(), name="consume"),
+                 asyncio.create_task(self._run_commands(), name="commands")]
         life = asyncio.create_task(self._life(), name="life")
         stop = asyncio.create_task(self.stop_requested.wait(), name="stop")
         code = 0
@@ -258,9 +277,22 @@ class TransportHost:
         stop.cancel()
         for task in tasks:
             task.cancel()
-        if self.outbox is not None:
-            self.outbox.put_control(channel.heartbeat_frame(self.stats()))
+        if self.control is not None:
+            self.control.send(channel.heartbeat_frame(self.stats()))
         return code
+
+
+def tune_gc() -> None:
+    """Collect less often, and never scan what the imports made.
+
+    A child tracks ~80k objects after its imports; every young collection that reaches an old
+    generation walks them all, about half the bridge's CPU when measured. ``gc.freeze()``
+    (also done in the forkserver, gateway/preloaded.py) moves them out of the collector's
+    sight; a higher first threshold makes the young collections rarer. Cycles are still
+    collected: the envelopes on the hot path are acyclic and freed by reference counting.
+    """
+    gc.freeze()
+    gc.set_threshold(GC_THRESHOLD, 20, 20)
 
 
 def _watch_parent(log: logging.Logger, on_gone: threading.Event) -> None:
@@ -282,29 +314,33 @@ def _set_parent_death_signal() -> None:
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
 
 
-def child_main(config: TransportConfig, general: GeneralSettings, up: Connection,
-               down: Connection) -> None:
+def child_main(config: TransportConfig, general: GeneralSettings,
+               ends: channel.ChildEnds) -> None:
     """Entry point of a transport's process."""
     _set_parent_death_signal()
+    tune_gc()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C: the supervisor orders the shutdown
     log = logs.setup(config.name, general.log_level, general.log_file)
     parent_gone = threading.Event()
     threading.Thread(target=_watch_parent, args=(log, parent_gone), daemon=True,
                      name="parent-watch").start()
-    code = asyncio.run(_child_async(config, general, up, down, log))
+    code = asyncio.run(_child_async(config, general, ends, log))
     logging.shutdown()
     os._exit(code)
 
 
-async def _child_async(config: TransportConfig, general: GeneralSettings, up: Connection,
-                       down: Connection, log: logging.Logger) -> int:
-    outbox = Outbox(up, general.channel_capacity, general.queue_full_policy, log,
+async def _child_async(config: TransportConfig, general: GeneralSettings,
+                       ends: channel.ChildEnds, log: logging.Logger) -> int:
+    outbox = Outbox(ends.up, general.channel_capacity, general.queue_full_policy, log,
                     general.bridge_batch_max)
+    control = ControlLine(ends.ctl)
+    down = ends.down
     try:
-        host = TransportHost(config, general, log, outbox)
+        host = TransportHost(config, general, log, outbox, control)
     except Exception as exc:
         log.error("cannot create transport %s: %s", config.kind, exc, exc_info=exc)
         outbox.close(1.0)
+        control.close(1.0)
         return 1
     loop = asyncio.get_running_loop()
     slots = threading.Semaphore(INBOX_BATCHES)
@@ -321,7 +357,12 @@ async def _child_async(config: TransportConfig, general: GeneralSettings, up: Co
             slots.release()
             host.stop_task = loop.create_task(_stop_after_inbox(host))  # after queued batches
             return
-        host.inbox.put_nowait((batch_id, envelopes))
+
+        def done() -> None:
+            control.send(channel.ack_frame(batch_id))
+            slots.release()
+
+        host.inbox.put_nowait((envelopes, done))
 
     def read_down() -> None:
         while True:
@@ -338,10 +379,10 @@ async def _child_async(config: TransportConfig, general: GeneralSettings, up: Co
             if frame == channel.STOP_FRAME:
                 return
 
-    host.on_batch_done = slots.release
     threading.Thread(target=read_down, name="bridge-in", daemon=True).start()
     code = await host.serve()
     outbox.close(general.shutdown_timeout / 2)
+    control.close(1.0)
     log.debug("exiting with code %d", code)
     return code
 

@@ -131,4 +131,15 @@ class GeneralSettings(Settings):
     bridge_batch_max: int = Field(
         default=500, ge=1, description="most envelopes per bridge message (1 = no batching)"
     )
+    command_window: int = Field(
+        default=16, ge=1, description="commands a transport may have unanswered per target; "
+        "one more is answered busy at once"
+    )
+    command_queue: int = Field(
+        default=64, ge=1, description="commands a transport holds waiting to run; one more "
+        "is answered busy at once"
+    )
+    command_timeout: float = Field(
+        default=60.0, gt=0, description="a command unanswered this long is answered timeout"
+    )
     start_method: Literal["forkserver", "spawn", "fork"] = "forkserver"

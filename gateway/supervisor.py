@@ -7,9 +7,16 @@ supervisor. The forkserver is started after a daemon detaches (python-daemon clo
 
 Per transport a :class:`Slot` holds what outlives its process: the restart history, the queue of
 batches waiting for it, and the batches sent but not yet acknowledged (re-sent to the next
-process after a crash: at-least-once). Two threads per slot move bytes: ``up`` reads the child's
-pipe and routes frames to target slots; ``down`` writes a slot's queue into its child's pipe.
-A full target queue blocks the routing thread of its sources: backpressure reaches the inputs.
+process after a crash: at-least-once). Three threads per slot move bytes, each waiting on its
+pipe or its condition, never polling: ``up`` reads the child's data pipe and routes frames to
+target slots; ``ctl`` reads its control pipe (heartbeats, acknowledgements); ``down`` writes
+the slot's queue into its child's pipe. A full target queue blocks the ``up`` thread of its
+sources (backpressure reaches the inputs) but never a ``ctl`` thread: no traffic can stall a
+heartbeat or an acknowledgement (docs/architecture.md "No deadlock").
+
+Size: over the ~400 guide on purpose: the routing threads and the process life share one
+invariant (a slot's condition guards its queue, its unacknowledged batches, its pipe and its
+state, and every change of any of them notifies it), easier to check in one file.
 """
 
 from __future__ import annotations
@@ -19,7 +26,6 @@ import contextlib
 import logging
 import multiprocessing
 import os
-import queue
 import signal
 import threading
 import time
@@ -28,9 +34,10 @@ from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
 
+import transports
 from gateway import channel
-from gateway.config import GatewayConfig, TransportConfig
-from gateway.policy import Failed, History, RestartPolicy, decide
+from gateway.config import GatewayConfig, TransportConfig, read_ini
+from gateway.policy import Failed, History, Restart, RestartPolicy, decide
 from gateway.runner import child_main
 
 log = logging.getLogger("supervisor")
@@ -38,7 +45,8 @@ log = logging.getLogger("supervisor")
 RUNNING, RESTARTING, FAILED, STOPPED, STARTING = (
     "running", "restarting", "failed", "stopped", "starting")
 MAX_UNACKED = 32
-_STOP = object()
+SLOT_QUEUE = 256  # frames waiting in the supervisor for one target
+_STOP = b"S"
 
 
 @dataclass
@@ -58,9 +66,10 @@ class Slot:
     heartbeat_seen: bool = False
     stats: dict[str, Any] = field(default_factory=dict)
     last_error: str = ""
+    last_error_at: float = 0.0
     exit_code: int | None = None
     dropped_for_target: int = 0
-    queue: queue.Queue[Any] = field(default_factory=lambda: queue.Queue(maxsize=256))
+    queue: deque[bytes] = field(default_factory=deque)
     unacked: deque[tuple[int, bytes]] = field(default_factory=deque)
     cond: threading.Condition = field(default_factory=threading.Condition)
     next_batch: int = 1
@@ -82,8 +91,42 @@ class Slot:
             "dropped": self.stats.get("dropped", 0) + self.dropped_for_target,
             "errors": self.stats.get("errors", 0),
             "last_error": self.last_error or self.stats.get("last_error", ""),
+            "last_error_at": self.last_error_at or self.stats.get("last_error_at", 0.0),
+            "recovered_at": self.stats.get("recovered_at", 0.0),
             "exit_code": self.exit_code,
         }
+
+
+def start_forkserver(kinds: set[str]) -> None:
+    """Start the forkserver now, preloading what ``kinds`` need (no effect once started).
+
+    What it preloads, once, shared by every child copy-on-write: the runner, the kinds'
+    modules, "__main__" (the entry, kept light: no child then re-runs it as __mp_main__) and
+    last gateway.preloaded (what the modules list in ``PRELOAD``, then ``gc.freeze()``).
+    Its imports run in parallel with whatever we do next. Only after a daemon detached
+    (python-daemon closes every descriptor): the run command is the foreground path.
+    """
+    from multiprocessing import forkserver
+
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(
+        ["__main__", "gateway.runner", *transports.modules_for(kinds), "gateway.preloaded"])
+    forkserver.ensure_running()
+
+
+def start_forkserver_early(config_path: str) -> None:
+    """Before the configuration is validated (which imports the same modules here): from a
+    plain read of the INI file, start the forkserver when it will be needed, so that the two
+    imports run side by side. A file that does not parse is left to the validation."""
+    try:
+        raw, _ = read_ini(config_path)
+    except Exception:  # noqa: BLE001 - the validation reports it properly
+        return
+    sections = {name: values for name, values in raw.items() if name != "general"}
+    method = raw.get("general", {}).get("start_method", "forkserver").strip()
+    if len(sections) < 2 or method != "forkserver":
+        return  # one transport runs in-process; another start method has no server
+    start_forkserver({v.get("transport", "").strip() for v in sections.values()})
 
 
 def describe_exit(code: int | None) -> str:
@@ -104,7 +147,11 @@ class Supervisor:
         self.policy = RestartPolicy.from_general(config.general)
         self.ctx = multiprocessing.get_context(config.general.start_method)
         if config.general.start_method == "forkserver":
-            self.ctx.set_forkserver_preload(["gateway.runner", "transports"])
+            # What the configured kinds import, once, shared by every child (copy-on-write);
+            # gateway.preloaded last: it freezes the collector's view of all of it. "__main__"
+            # (the script or console entry, kept light) is imported there too, so that no
+            # child re-runs it as __mp_main__ with whatever it imports.
+            start_forkserver({tc.kind for tc in config.transports.values()})
         self.slots = {name: Slot(tc) for name, tc in config.transports.items()}
         self.notifier = notifier
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -118,18 +165,21 @@ class Supervisor:
         if self.shutting_down:
             return
         up_r, up_w = self.ctx.Pipe(duplex=False)
+        ctl_r, ctl_w = self.ctx.Pipe(duplex=False)
         down_r, down_w = self.ctx.Pipe(duplex=False)
         process = self.ctx.Process(
             target=child_main, name=f"pgw-{slot.name}",
-            args=(slot.config, self.general, up_w, down_r), daemon=False)
+            args=(slot.config, self.general, channel.ChildEnds(up_w, ctl_w, down_r)),
+            daemon=False)
         process.start()
         up_w.close()
+        ctl_w.close()
         down_r.close()
         with slot.cond:
             slot.process, slot.pid, slot.up, slot.down = process, process.pid, up_r, down_w
             slot.generation += 1
             slot.cond.notify_all()
-        slot.state = RUNNING
+        self._set_state(slot, RUNNING)
         slot.exit_code = None
         slot.started_at = slot.last_heartbeat = time.monotonic()
         slot.heartbeat_seen = False
@@ -138,6 +188,8 @@ class Supervisor:
         slot.reader = threading.Thread(target=self._up_loop, args=(slot, up_r), daemon=True,
                                        name=f"up-{slot.name}")
         slot.reader.start()
+        threading.Thread(target=self._ctl_loop, args=(slot, ctl_r), daemon=True,
+                         name=f"ctl-{slot.name}").start()
         log.info("started %s (%s) pid=%d", slot.name, slot.config.kind, process.pid)
 
     def _on_exit(self, slot: Slot, process: Any) -> None:
@@ -155,16 +207,22 @@ class Supervisor:
             slot.cond.notify_all()
         slot.exit_code = code
         if self.shutting_down or code == 0:
-            slot.state = STOPPED
+            self._set_state(slot, STOPPED)
             log.info("%s stopped (%s)", slot.name, describe_exit(code))
             self._update_status()
             return
+        stuck = bool(slot.kill_reason)
         prefix = f"{slot.kill_reason}: " if slot.kill_reason else ""
         slot.last_error = prefix + describe_exit(code)
+        slot.last_error_at = time.time()
         slot.kill_reason = ""
         decision, slot.history = decide(self.policy, slot.history, ran_for, time.monotonic())
+        if stuck and isinstance(decision, Restart):
+            # Killed by us as stuck: it did not crash, and a backoff would only add to the
+            # outage the heartbeat timeout already cost. The intensity limit still counts it.
+            decision = Restart(0.0)
         if isinstance(decision, Failed):
-            slot.state = FAILED
+            self._set_state(slot, FAILED)
             when = (f"retrying in {decision.retry_after:.0f} s" if decision.retry_after
                     else "not retried")
             log.error("%s %s after %.1f s; more than %d restarts in %.0f s: marked failed, %s",
@@ -174,11 +232,18 @@ class Supervisor:
                 slot.restart_handle = self.loop.call_later(
                     decision.retry_after, self._restart, slot)
         else:
-            slot.state = RESTARTING
+            self._set_state(slot, RESTARTING)
             log.warning("%s %s after %.1f s; restarting in %.1f s", slot.name,
                         describe_exit(code), ran_for, decision.delay)
             slot.restart_handle = self.loop.call_later(decision.delay, self._restart, slot)
         self._update_status()
+
+    @staticmethod
+    def _set_state(slot: Slot, state: str) -> None:
+        """Change a slot's state and wake whoever waits on it (routers wait for FAILED)."""
+        with slot.cond:
+            slot.state = state
+            slot.cond.notify_all()
 
     def _restart(self, slot: Slot) -> None:
         slot.restart_handle = None
@@ -189,7 +254,7 @@ class Supervisor:
 
     # ----------------------------------------------------------------- routing
     def _up_loop(self, slot: Slot, conn: Connection) -> None:
-        """Read one child's frames: route batches, record heartbeats and acks."""
+        """Read one child's data frames and route them (may wait for a full target)."""
         while True:
             try:
                 frame = conn.recv_bytes()
@@ -197,72 +262,101 @@ class Supervisor:
                 with contextlib.suppress(OSError):
                     conn.close()
                 return
-            kind = frame[:1]
-            if kind == b"E":
+            if frame[:1] == b"E":
                 self._route(slot, frame)
-            elif kind == b"H":
-                slot.stats = channel.parse_heartbeat(frame)
-                slot.last_heartbeat = time.monotonic()
-                slot.heartbeat_seen = True
-            elif kind == b"A":
-                batch_id = channel.parse_ack(frame)
-                with slot.cond:
-                    while slot.unacked and slot.unacked[0][0] <= batch_id:
-                        slot.unacked.popleft()
-                    slot.cond.notify_all()
+            else:
+                self._control(slot, frame)
+
+    def _ctl_loop(self, slot: Slot, conn: Connection) -> None:
+        """Read one child's heartbeats and acknowledgements; never waits for anything else."""
+        while True:
+            try:
+                frame = conn.recv_bytes()
+            except (EOFError, OSError):
+                with contextlib.suppress(OSError):
+                    conn.close()
+                return
+            self._control(slot, frame)
+
+    def _control(self, slot: Slot, frame: bytes) -> None:
+        kind = frame[:1]
+        if kind == b"H":
+            slot.stats = channel.parse_heartbeat(frame)
+            slot.last_heartbeat = time.monotonic()
+            slot.heartbeat_seen = True
+        elif kind == b"A":
+            batch_id = channel.parse_ack(frame)
+            with slot.cond:
+                while slot.unacked and slot.unacked[0][0] <= batch_id:
+                    slot.unacked.popleft()
+                slot.cond.notify_all()
 
     def _route(self, source: Slot, frame: bytes) -> None:
         name = channel.frame_target(frame)
         target = self.slots.get(name)
         if target is None or (target.state in (FAILED, STOPPED) and not self.shutting_down):
-            source.dropped_for_target += 1
-            if source.dropped_for_target == 1 or source.dropped_for_target % 1000 == 0:
-                why = "does not exist" if target is None else f"is {target.state}"
-                log.warning("dropping envelopes from %s: target %s %s (%d batches so far)",
-                            source.name, name, why, source.dropped_for_target)
+            self._drop(source, name, "does not exist" if target is None
+                       else f"is {target.state}")
             return
-        while True:
-            try:
-                target.queue.put(frame, timeout=0.5)
-                return
-            except queue.Full:
-                if target.state in (FAILED, STOPPED):
-                    source.dropped_for_target += 1
-                    return
+        with target.cond:
+            while len(target.queue) >= SLOT_QUEUE and target.state not in (FAILED, STOPPED):
+                target.cond.wait()  # backpressure: this source's data waits, nothing else
+            if len(target.queue) >= SLOT_QUEUE:
+                dropped = True
+            else:
+                dropped = False
+                target.queue.append(frame)
+                target.cond.notify_all()
+        if dropped:
+            self._drop(source, name, f"is {target.state}")
+
+    @staticmethod
+    def _drop(source: Slot, name: str, why: str) -> None:
+        source.dropped_for_target += 1
+        if source.dropped_for_target == 1 or source.dropped_for_target % 1000 == 0:
+            log.warning("dropping envelopes from %s: target %s %s (%d batches so far)",
+                        source.name, name, why, source.dropped_for_target)
+
+    def _down_ready(self, slot: Slot, sent_generation: int) -> bool:
+        if slot.down is None:
+            return False
+        if slot.generation != sent_generation:
+            return True
+        return bool(slot.queue) and (slot.queue[0] is _STOP or len(slot.unacked) < MAX_UNACKED)
 
     def _down_loop(self, slot: Slot) -> None:
         """Feed a slot's queue to whichever process is its current one; re-send on restart."""
         sent_generation = 0
         while True:
             with slot.cond:
-                while slot.down is None or (slot.generation == sent_generation
-                                            and len(slot.unacked) >= MAX_UNACKED):
+                while not self._down_ready(slot, sent_generation):
                     if slot.down is None and slot.state == STOPPED and self.shutting_down:
                         return
-                    slot.cond.wait(0.5)
+                    slot.cond.wait()
                 conn, generation = slot.down, slot.generation
-                resend = [] if generation == sent_generation else list(slot.unacked)
+                assert conn is not None
+                frames: list[bytes] = []
+                if generation != sent_generation:
+                    frames = [channel.batch_frame(i, f) for i, f in slot.unacked]
+                else:
+                    item = slot.queue.popleft()
+                    if item is _STOP:
+                        frames = [channel.STOP_FRAME]
+                    else:
+                        batch_id = slot.next_batch
+                        slot.next_batch += 1
+                        slot.unacked.append((batch_id, item))
+                        frames = [channel.batch_frame(batch_id, item)]
+                    slot.cond.notify_all()  # room for the routers waiting on this slot
             try:
-                for batch_id, frame in resend:
-                    conn.send_bytes(channel.batch_frame(batch_id, frame))
+                for frame in frames:
+                    conn.send_bytes(frame)
                 sent_generation = generation
-                try:
-                    item = slot.queue.get(timeout=0.2)
-                except queue.Empty:
-                    continue
-                if item is _STOP:
-                    conn.send_bytes(channel.STOP_FRAME)
-                    continue
-                with slot.cond:
-                    batch_id = slot.next_batch
-                    slot.next_batch += 1
-                    slot.unacked.append((batch_id, item))
-                conn.send_bytes(channel.batch_frame(batch_id, item))
             except OSError:
                 # The child died mid-write; its successor gets everything unacknowledged.
                 with slot.cond:
-                    if slot.down is conn:
-                        slot.cond.wait(0.2)
+                    while slot.down is conn:
+                        slot.cond.wait()
 
     # ----------------------------------------------------------------- watching
     async def _watchdog(self) -> None:
@@ -342,12 +436,14 @@ class Supervisor:
             if slot.restart_handle is not None:
                 slot.restart_handle.cancel()
             if slot.state in (RESTARTING, FAILED, STARTING):
-                slot.state = STOPPED
+                self._set_state(slot, STOPPED)
         deadline = time.monotonic() + self.general.shutdown_timeout
         for group in self.stop_order():
             for slot in group:
                 if slot.process is not None:
-                    await asyncio.to_thread(slot.queue.put, _STOP)
+                    with slot.cond:
+                        slot.queue.append(_STOP)  # may exceed SLOT_QUEUE by this one
+                        slot.cond.notify_all()
             await self._wait_exit(group, deadline)
         log.info("all transports stopped")
         self.done.set()

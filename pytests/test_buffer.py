@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import textwrap
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -322,3 +323,55 @@ def test_unreadable_file_is_moved_aside(tmp_path: Path) -> None:
     assert queue.count == 1
     queue.close()
     assert list(tmp_path.glob("buf.sqlite3.corrupt-*"))
+
+
+def test_no_attempt_before_the_sink_is_ready(tmp_path: Path, caplog: Any) -> None:
+    async def main() -> None:
+        saf, counters = make(tmp_path)
+        sink = FakeSink()
+        ready = asyncio.Event()
+        saf.open()
+        task = asyncio.create_task(saf.run(sink, ready))
+        saf.put(env(1))
+        await asyncio.sleep(0.3)
+        assert sink.got == [] and counters.errors == 0  # not tried: nothing to log
+        ready.set()
+        await async_wait_for(lambda: sink.got == [1])
+        await stop(task)
+        await saf.close(sink)
+
+    with caplog.at_level(logging.WARNING, logger="test_buffer"):
+        asyncio.run(main())
+    assert not [r for r in caplog.records if "failed" in r.getMessage()]
+
+
+def test_wake_during_a_failing_attempt_is_not_lost(tmp_path: Path) -> None:
+    """The sink says "I am back" while the attempt that will fail is on the wire: the retry
+    must come at once, not after the backoff (that wake used to be cleared away)."""
+
+    class BackWhileFailing(FakeSink):
+        def __init__(self, saf: StoreAndForward) -> None:
+            super().__init__()
+            self.saf = saf
+            self.down = True
+
+        async def write(self, batch: Sequence[Envelope]) -> None:
+            if self.down:
+                self.down = False
+                self.saf.wake()  # came back while this attempt was failing
+                raise SinkUnavailable("was down")
+            await super().write(batch)
+
+    async def main() -> float:
+        saf, _ = make(tmp_path, retry_initial=5.0, retry_max=5.0)
+        sink = BackWhileFailing(saf)
+        task = await running(saf, sink)
+        started = time.monotonic()
+        saf.put(env(1))
+        await async_wait_for(lambda: sink.got == [1], timeout=20)
+        took = time.monotonic() - started
+        await stop(task)
+        await saf.close(sink)
+        return took
+
+    assert asyncio.run(main()) < 4.0  # the backoff is 5 s

@@ -422,6 +422,44 @@ def test_unreachable_device_reports_unavailable_and_keeps_trying(tmp_path: Path)
     asyncio.run(main())
 
 
+def test_device_that_comes_up_later_one_failure_log_one_recovery(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    """The reconnect loop is DeviceTransport's: while nothing listens the device is
+    unavailable once, writes are answered "error" and describe by the runner at once; when
+    it comes up, one recovery line, available, readings; no line per retry."""
+    caplog.set_level(logging.DEBUG, logger="meter")
+
+    async def main() -> None:
+        port = free_port()
+        settings = ModbusTcpSettings(transport="modbus_tcp", protocol_version="sdm630",
+                                     port=port, writable="demand_period", **FAST)
+        h = Harness(ModbusTcpTransport, settings, "meter", tmp_path)
+        await h.start()
+        await async_wait_for(lambda: h.of_kind("status"))
+        await h.send(Envelope("mqtt_out", "command", {"command": "write", "request_id": "w",
+                                                      "values": {"demand_period": 15}}))
+        await h.send(Envelope("mqtt_out", "command", {"command": "describe",
+                                                      "request_id": "d"}))
+        reply = await async_wait_for(lambda: results(h).get("w"))
+        assert not reply["ok"] and reply["result"] == "error", reply
+        assert results(h)["d"]["ok"]
+        await asyncio.sleep(1.5)  # several attempts with a 0.5 s backoff ceiling
+        sim = ModbusSimulator("sdm630", (1,), tcp_port=port)
+        await sim.start()
+        try:
+            await async_wait_for(lambda: readings(h))
+            assert [e.data["available"] for e in h.of_kind("status")] == [False, True]
+            assert h.running
+        finally:
+            await h.stop()
+            await sim.stop()
+
+    asyncio.run(main())
+    warnings = [r.getMessage() for r in caplog.records if r.levelno >= logging.WARNING]
+    assert len([w for w in warnings if "failed: cannot open" in w]) == 1, warnings
+    assert len([w for w in warnings if "recovered after" in w]) == 1, warnings
+
+
 def test_settings_validation() -> None:
     with pytest.raises(ValidationError) as info:
         ModbusTcpSettings(transport="modbus_tcp", protocol_version="eg4_v99")

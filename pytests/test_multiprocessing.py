@@ -15,6 +15,7 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
+from typing import Any
 
 if __package__ in (None, ""):
     sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -63,6 +64,33 @@ def test_single_transport_runs_in_process(tmp_path: Path) -> None:
     finally:
         assert gw.stop() == 0
     assert "[only pid=" in gw.log_text()
+
+
+def test_single_transport_restarts_under_the_policy(tmp_path: Path, monkeypatch: Any) -> None:
+    monkeypatch.setenv("PGW_PLUGINS", "pytests.misbehaving")
+    gw = GatewayProcess(tmp_path, "[only]\ntransport = test_crashing\nafter = 0.2\n",
+                        general="restart_max_count = 3\nrestart_window = 60\n"
+                                "restart_failed_retry = 0\n")
+    try:
+        # crashes, is restarted after its backoff, and after 3 restarts is given up on
+        assert gw.proc.wait(60) == 1
+    finally:
+        gw.stop()
+    log = gw.log_text()
+    assert log.count("restarting in") == 3, log
+    assert "giving up" in log
+
+
+def test_single_transport_stuck_exits_for_the_service_manager(tmp_path: Path,
+                                                              monkeypatch: Any) -> None:
+    monkeypatch.setenv("PGW_PLUGINS", "pytests.misbehaving")
+    gw = GatewayProcess(tmp_path, "[only]\ntransport = test_hanging\nafter = 0.5\n",
+                        general="heartbeat_timeout = 2\n")
+    try:
+        assert gw.proc.wait(60) == 70
+    finally:
+        gw.stop()
+    assert "sent no heartbeat" in gw.log_text()
 
 
 def test_fan_in_loses_and_duplicates_nothing(tmp_path: Path) -> None:
@@ -146,8 +174,11 @@ def test_sigkilled_supervisor_leaves_no_orphan(tmp_path: Path) -> None:
     gw.stop()
 
 
-def test_stuck_child_is_noticed_and_restarted(tmp_path: Path) -> None:
+def test_stuck_child_is_noticed_and_restarted(tmp_path: Path, monkeypatch: Any) -> None:
     out = tmp_path / "out.jsonl"
+    # a crash would wait 5 s; a transport killed as stuck is restarted at once
+    monkeypatch.setenv("PGW_GENERAL_RESTART_BACKOFF_INITIAL", "5")
+    monkeypatch.setenv("PGW_GENERAL_RESTART_BACKOFF_MAX", "10")
     gw = GatewayProcess(tmp_path, TWO_INPUTS.format(path=out), general="heartbeat_timeout = 2\n")
     try:
         pid = gw.wait_all_running()["in_b"]["pid"]
@@ -156,6 +187,7 @@ def test_stuck_child_is_noticed_and_restarted(tmp_path: Path) -> None:
                          and t["in_b"]["pid"] not in (None, pid) and t)
         assert "stuck" in table["in_b"]["last_error"]
         assert "sent no heartbeat" in gw.log_text()
+        assert "restarting in 0.0 s" in gw.log_text()  # killed as stuck: no crash backoff
     finally:
         assert gw.stop() == 0
 

@@ -54,6 +54,7 @@ class RapiDevice:
         tick: float = 0.1,
         time_scale: float = 1.0,
         mcu_id: str = "0a1b2c3d4e5f",
+        reply_delay: float = 0.0,
     ) -> None:
         if mode not in ("pty", "tcp"):
             raise ValueError(f"mode must be pty or tcp, not {mode!r}")
@@ -66,6 +67,7 @@ class RapiDevice:
         self.responder = RapiResponder(self.model, mcu_id, quirks or Quirks())
         self.tick = tick
         self.time_scale = time_scale
+        self.reply_delay = reply_delay  # a slow controller (a real AVR answers in ~10-50 ms)
         self.pty_name = ""
         self.clients = 0  # TCP clients accepted so far
         self.dropped_writes = 0
@@ -286,7 +288,10 @@ class RapiDevice:
     def _received(self, data: bytes) -> None:
         for event in self._parser.feed(data):
             for line in self.responder.handle(event):
-                self.send(line)
+                if self.reply_delay > 0 and self._loop is not None:
+                    self._loop.call_later(self.reply_delay, self.send, line)
+                else:
+                    self.send(line)
 
     async def _ticker(self) -> None:
         loop = asyncio.get_running_loop()
@@ -318,6 +323,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--time-scale", type=float, default=1.0, help="simulated seconds per second")
     p.add_argument("--mcu-id", default="0a1b2c3d4e5f", help="what $GI answers")
     p.add_argument("--no-seq-echo", action="store_true", help="ignore sequence ids")
+    p.add_argument("--reply-delay", type=float, default=0.0,
+                   help="seconds before each reply (a slow controller or line)")
     p.add_argument("--legacy", action="store_true", help="act as RAPI 4 (decimal $GS)")
     p.add_argument("--log-level", default="INFO")
     return p
@@ -342,6 +349,7 @@ async def _serve(args: argparse.Namespace) -> None:
         quirks=Quirks(echo_seq=not args.no_seq_echo, legacy=args.legacy),
         time_scale=args.time_scale,
         mcu_id=args.mcu_id,
+        reply_delay=args.reply_delay,
     )
     def ready() -> str:
         extra = f" (pty {device.pty_name})" if args.mode == "pty" else ""

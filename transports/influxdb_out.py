@@ -7,6 +7,10 @@ VictoriaMetrics accept. Either way the line protocol comes from ``influxdb_clien
 one point per reading, tags from the device's identity, fields from its values, the reading's
 own timestamp.
 
+Memory: aiohttp and influxdb-client (~30 MB together) are imported when the transport
+connects, not with this module, so that the supervisor, which imports it only to validate the
+section, does not carry them; ``PRELOAD`` has the forkserver import them once for the child.
+
 Failures are sorted for the buffer: a sink that is down, overloaded or refusing our
 credentials is retried (``SinkUnavailable``: fix the token, the data is still waiting); a
 batch the server calls malformed (HTTP 400, 413, 422) is dropped, counted and logged
@@ -15,25 +19,29 @@ batch the server calls malformed (HTTP 400, 413, 422) is dropped, counted and lo
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import math
 import os
 from collections.abc import Sequence
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar, Literal
 
-import aiohttp
-from influxdb_client import Point, WritePrecision
-from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
-from influxdb_client.rest import ApiException
 from pydantic import Field, field_validator, model_validator
 
-from gateway.buffer import BufferSettings, Rejected, SinkUnavailable, StoreAndForward
+from gateway.buffer import BufferSettings, Rejected, SinkUnavailable
 from gateway.message import READING, Envelope
 from gateway.settings import ExistingFile, Secret, StrList
 from transports import register
-from transports.base import Transport, TransportContext
+from transports.base import TransportContext
+from transports.buffered import BufferedOutput
+
+if TYPE_CHECKING:
+    import aiohttp
+    from influxdb_client import Point
+    from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+
+#: Imported lazily by the transport; the forkserver imports them before forking its child.
+PRELOAD = ("aiohttp", "influxdb_client", "influxdb_client.client.influxdb_client_async")
 
 #: source_transport_info key -> tag key.
 TAGS = {
@@ -46,8 +54,7 @@ TAGS = {
 }
 _SCALE = {"s": 1, "ms": 1_000, "us": 1_000_000, "ns": 1_000_000_000}
 _V1_PRECISION = {"s": "s", "ms": "ms", "us": "u", "ns": "n"}
-_V2_PRECISION = {"s": WritePrecision.S, "ms": WritePrecision.MS, "us": WritePrecision.US,
-                 "ns": WritePrecision.NS}
+_V2_PRECISION = {"s": "s", "ms": "ms", "us": "us", "ns": "ns"}  # WritePrecision's values
 _HOPELESS = frozenset({400, 413, 422})
 
 
@@ -116,6 +123,8 @@ class InfluxSettings(BufferSettings):
 
 def to_point(envelope: Envelope, settings: InfluxSettings) -> Point | None:
     """One reading as a Point; None when it holds no writable field."""
+    from influxdb_client import Point
+
     point = Point(settings.measurement)
     info = envelope.source_transport_info or {}
     tags = {"transport": envelope.source_transport}
@@ -143,22 +152,27 @@ def to_point(envelope: Envelope, settings: InfluxSettings) -> Point | None:
 
 
 @register
-class InfluxOut(Transport[InfluxSettings]):
+class InfluxOut(BufferedOutput[InfluxSettings]):
     kind = "influxdb_out"
     Settings = InfluxSettings
     accepts: ClassVar[frozenset[str]] = frozenset({READING})
+    buffer_file = "influxdb-buffer.sqlite3"
 
     def __init__(self, settings: InfluxSettings, ctx: TransportContext) -> None:
-        super().__init__(settings, ctx)
-        self.buffer = StoreAndForward(
-            ctx.state_dir / "influxdb-buffer.sqlite3", settings, ctx.log, ctx.counters,
-            what=f"delivery to InfluxDB {settings.base_url}",
-        )
         self._session: aiohttp.ClientSession | None = None
         self._client: InfluxDBClientAsync | None = None
+        super().__init__(settings, ctx)
 
-    async def connect(self) -> None:
-        self.buffer.open()
+    def sink_name(self) -> str:
+        return f"delivery to InfluxDB {self.settings.base_url}"
+
+    def keep(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        return [e for e in envelopes if e.kind == READING and e.data]
+
+    async def open_sink(self) -> None:
+        import aiohttp
+        from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+
         s = self.settings
         if s.database and self._session is None:
             headers = {}
@@ -175,28 +189,7 @@ class InfluxOut(Transport[InfluxSettings]):
                 timeout=int(s.timeout * 1000), verify_ssl=s.verify_tls,
             )
 
-    async def run(self) -> None:
-        await self.connect()
-        delivery = asyncio.create_task(self.buffer.run(self))
-        stop = asyncio.create_task(self.ctx.stopping.wait())
-        try:
-            done, _ = await asyncio.wait({delivery, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if delivery in done:
-                delivery.result()
-        finally:
-            for task in (delivery, stop):
-                task.cancel()
-            await asyncio.gather(delivery, stop, return_exceptions=True)
-
-    async def receive(self, envelope: Envelope) -> None:
-        await self.receive_batch([envelope])
-
-    async def receive_batch(self, envelopes: Sequence[Envelope]) -> None:
-        """On disk when this returns (with the default ``buffer_commit_interval = 0``)."""
-        self.buffer.accept([e for e in envelopes if e.kind == READING and e.data])
-
-    async def close(self) -> None:
-        await self.buffer.close(self)
+    async def close_sink(self) -> None:
         if self._session is not None:
             await self._session.close()
             self._session = None
@@ -215,9 +208,11 @@ class InfluxOut(Transport[InfluxSettings]):
             await self._write_v2(points)
 
     async def _write_v1(self, points: list[Point]) -> None:
+        import aiohttp
+
         s = self.settings
         if self._session is None:
-            await self.connect()
+            await self.open_sink()
         assert self._session is not None
         body = "\n".join(p.to_line_protocol() for p in points).encode()
         params = {"db": s.database, "precision": _V1_PRECISION[s.precision]}
@@ -233,9 +228,12 @@ class InfluxOut(Transport[InfluxSettings]):
         self._refused(r.status, text)
 
     async def _write_v2(self, points: list[Point]) -> None:
+        import aiohttp
+        from influxdb_client.rest import ApiException
+
         s = self.settings
         if self._client is None:
-            await self.connect()
+            await self.open_sink()
         assert self._client is not None
         try:
             await self._client.write_api().write(

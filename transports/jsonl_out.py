@@ -39,6 +39,7 @@ class JsonlOut(Transport[JsonlSettings]):
     kind = "jsonl_out"
     Settings = JsonlSettings
     accepts: ClassVar[frozenset[str]] = frozenset({READING, EVENT, STATUS, COMMAND})
+    records_commands = True  # a command here is a record to write, not an order
 
     def __init__(self, settings: JsonlSettings, ctx) -> None:  # type: ignore[no-untyped-def]
         super().__init__(settings, ctx)

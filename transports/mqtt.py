@@ -9,7 +9,6 @@ docs/transports/mqtt.md.
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 import time
@@ -20,12 +19,13 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
-from gateway.buffer import BufferSettings, SinkUnavailable, StoreAndForward
+from gateway.buffer import BufferSettings, SinkUnavailable
 from gateway.instance import mqtt_client_id
-from gateway.message import COMMAND, EVENT, READING, STATUS, Envelope, ValueSpec
+from gateway.message import EVENT, READING, STATUS, Envelope, ValueSpec
 from gateway.settings import ExistingFile, Secret
 from transports import register
-from transports.base import Transport, TransportContext
+from transports.base import TransportContext
+from transports.buffered import BufferedOutput
 from transports.mqtt_client import LinkOptions, Message, MqttLink
 from transports.mqtt_discovery import (
     MAX_SET_PAYLOAD,
@@ -116,10 +116,12 @@ class Device:
 
 
 @register
-class MqttTransport(Transport[MqttSettings]):
+class MqttTransport(BufferedOutput[MqttSettings]):
     kind = "mqtt"
     Settings = MqttSettings
     accepts: ClassVar[frozenset[str]] = frozenset({READING, STATUS, EVENT})
+    buffer_file = "mqtt-buffer.sqlite3"
+    ready_at_start = False  # delivery waits for the broker: no attempt, no warning before
 
     def __init__(self, settings: MqttSettings, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
@@ -139,18 +141,15 @@ class MqttTransport(Transport[MqttSettings]):
         self._asked: dict[str, float] = {}
         self._described_sources: set[str] = set()
         self._requests = 0
-        self._tasks: set[asyncio.Task[Any]] = set()
-        self.buffer = StoreAndForward(
-            ctx.state_dir / "mqtt-buffer.sqlite3", settings, ctx.log, ctx.counters,
-            what=f"delivery to MQTT broker {settings.host}:{settings.port}",
-        )
         self.link: MqttLink | None = None
         for key in ("commands", "command_errors"):
             ctx.counters.extra.setdefault(key, 0)
 
-    # -- life ----------------------------------------------------------------------------
-    async def connect(self) -> None:
-        self.buffer.open()
+    # -- life (the buffer's part is BufferedOutput's) ------------------------------------
+    def sink_name(self) -> str:
+        return f"delivery to MQTT broker {self.settings.host}:{self.settings.port}"
+
+    async def open_sink(self) -> None:
         if self.link is not None:
             return
         s = self.settings
@@ -180,34 +179,14 @@ class MqttTransport(Transport[MqttSettings]):
         )
         self.link.start()
 
-    async def run(self) -> None:
-        await self.connect()
-        delivery = asyncio.create_task(self.buffer.run(self))
-        stop = asyncio.create_task(self.ctx.stopping.wait())
-        try:
-            done, _ = await asyncio.wait({delivery, stop}, return_when=asyncio.FIRST_COMPLETED)
-            if delivery in done:
-                delivery.result()  # a bug in delivery is a crash: the supervisor restarts us
-        finally:
-            for task in (delivery, stop):
-                task.cancel()
-            await asyncio.gather(delivery, stop, return_exceptions=True)
-
-    async def close(self) -> None:
-        connected = self.link is not None and self.link.connected
-        await self.buffer.close(self, can_deliver=connected)
+    async def close_sink(self) -> None:
         if self.link is not None:
             await self.link.stop(last_words=(self.topics.gateway_status, OFFLINE, 1, True))
             self.link = None
-        for task in list(self._tasks):
-            task.cancel()
 
     # -- envelopes in --------------------------------------------------------------------
-    async def receive(self, envelope: Envelope) -> None:
-        await self.receive_batch([envelope])
-
-    async def receive_batch(self, envelopes: Sequence[Envelope]) -> None:
-        """Describe events update discovery; the rest is on disk when this returns."""
+    def keep(self, envelopes: Sequence[Envelope]) -> list[Envelope]:
+        """Describe events update discovery; the rest is stored for delivery."""
         keep: list[Envelope] = []
         for envelope in envelopes:
             if envelope.kind == EVENT and envelope.data.get("event") == "describe":
@@ -219,7 +198,7 @@ class MqttTransport(Transport[MqttSettings]):
                 self._ask_describe(device)
                 self._announce(device)
             keep.append(envelope)
-        self.buffer.accept(keep)
+        return keep
 
     def _note(self, envelope: Envelope) -> Device:
         """The device an envelope is about (created or refreshed from its identity)."""
@@ -300,12 +279,7 @@ class MqttTransport(Transport[MqttSettings]):
         self._asked[device.source] = now
         self._requests += 1
         data = {"command": "describe", "request_id": f"{self.ctx.name}-describe-{self._requests}"}
-        self._spawn(self.ctx.emit(COMMAND, data, target=device.source))
-
-    def _spawn(self, coro: Any) -> None:
-        task = asyncio.get_running_loop().create_task(coro)
-        self._tasks.add(task)
-        task.add_done_callback(self._tasks.discard)
+        self.ctx.command(device.source, data)
 
     # -- discovery ---------------------------------------------------------------------
     def _announce(self, device: Device) -> None:
@@ -369,7 +343,7 @@ class MqttTransport(Transport[MqttSettings]):
                 for name, value in device.last.items():
                     link.publish_nowait(self.topics.state(node, value_slug(name)),
                                         encode_state(value, self.spec(device, name)), qos, retain)
-        self.buffer.wake()
+        self.sink_up()
 
     # -- commands in ---------------------------------------------------------------------
     def _message(self, topic: str, payload: bytes, retained: bool) -> None:
@@ -423,8 +397,10 @@ class MqttTransport(Transport[MqttSettings]):
         self.pending[request_id] = (node, name, request.note, request.requested, request.value)
         while len(self.pending) > PENDING_MAX:
             self.pending.popitem(last=False)
-        self.ctx.counters.extra["commands"] = int(self.ctx.counters.extra["commands"]) + 1
-        self._spawn(self.ctx.emit(COMMAND, data, target=device.source))
+        self.ctx.counters.incr("commands")
+        # Never waits: the runner sends it inside the target's command window or answers it
+        # busy at once (the result comes back through receive_batch like any other).
+        self.ctx.command(device.source, data)
 
     def _refuse(self, node: str, value: str, payload: bytes, exc: CommandError) -> None:
         """A short result and one log line; neither carries more than ~200 characters of what
@@ -446,8 +422,9 @@ class MqttTransport(Transport[MqttSettings]):
 
     # -- the sink the buffer writes to ---------------------------------------------------
     async def write(self, batch: Sequence[Envelope]) -> None:
-        if self.link is None:
-            raise SinkUnavailable("MQTT client not started")
+        if self.link is None or not self.link.connected:
+            self.sink_down()  # wait for the next connection (the link logs the outage)
+            raise SinkUnavailable("not connected to the MQTT broker")
         messages, availability = self._render(batch)
         await self.link.publish_many(messages, self.settings.publish_timeout)
         self.availability.update(availability)

@@ -19,8 +19,8 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from gateway.backoff import Backoff, FailureLog
-from gateway.message import Envelope, command_result, describe_event
+from gateway.backoff import Backoff
+from gateway.message import Envelope, ValueSpec, command_result, describe_event
 from protocols.qlink import (
     Command,
     ErrorReply,
@@ -30,7 +30,8 @@ from protocols.qlink import (
     command,
 )
 from transports import register
-from transports.base import Transport, TransportContext
+from transports.base import TransportContext
+from transports.device import DeviceTransport
 from transports.qlink_commands import QLinkCommands
 from transports.qlink_config import (
     Directory,
@@ -54,7 +55,7 @@ STABLE_AFTER = 10.0  # a link that lived this long (s) is reconnected at once wh
 
 
 @register
-class QLinkTransport(QLinkCommands, Transport[QLinkSettings]):
+class QLinkTransport(QLinkCommands, DeviceTransport[QLinkSettings]):
     kind = "qlink"
     Settings = QLinkSettings
     accepts = frozenset({"command"})
@@ -81,64 +82,68 @@ class QLinkTransport(QLinkCommands, Transport[QLinkSettings]):
         self._event_at: dict[str, float] = {}
         self._last_answer = time.monotonic()
         self._echo = 299
-        self._available: tuple[bool, str] | None = None
         self._unmapped: set[str] = set()
         self.levels: dict[str, int] = {}
         self.leds: dict[str, str] = {}
 
     # ------------------------------------------------------------------ life
 
+    # the reconnect loop, its logs and the status envelopes are DeviceTransport's
+    reconnect_at_once_after = STABLE_AFTER
+    status_on_new_reason = True  # "refused" after "unreachable" is news
+
+    def peer_name(self) -> str:
+        return f"QLink link to {self.settings.host}:{self.settings.port}"
+
+    def backoff(self) -> Backoff:
+        return Backoff(self.settings.reconnect_initial, self.settings.reconnect_max)
+
+    def device_info(self) -> dict[str, str]:
+        return self.info
+
+    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]]:
+        return [(dict(self.info), self.dir.specs())]
+
+    async def wait_retry(self, seconds: float) -> None:
+        await self._sleep(seconds)  # a release request cuts it short too
+
     async def run(self) -> None:
         await self._emit("event", describe_event(self.dir.specs()))
-        backoff = Backoff(self.settings.reconnect_initial, self.settings.reconnect_max)
-        failures = FailureLog(self.log, f"QLink link to {self.settings.host}:{self.settings.port}")
-        while not self.ctx.stopping.is_set():
-            if self._release_until is not None:
-                await self._hold_released()
-                continue
+        await super().run()
+
+    async def open(self) -> Link:
+        """Hold while released; connect and set up (falling back to one connection if the
+        controller refuses a split)."""
+        while True:
+            await self._hold_released()
             link = make_link(self.strategy, self.options, self.stats, self.log,
                              on_event=self._on_event, on_garbled=self._on_garbled)
-            delay = 0.0
             self._link = link
             try:
-                delay = await self._life_of(link, failures, backoff)
-            finally:
-                self._link = None
-                await link.close()
-                self._sync_counters()
-            if delay > 0:
-                await self._sleep(delay)
+                await link.start()
+                await self._setup(link)
+                return link
+            except SplitRefused as exc:
+                self.log.warning("strategy split: %s; falling back to single (one connection "
+                                 "for everything) until restart", exc)
+                self.ctx.counters.extra["split_fallbacks"] = 1
+                self.strategy = "single"
+                await self.release(link)
+            except LinkError as exc:
+                await self.release(link)
+                if isinstance(exc, LinkRefused):
+                    raise LinkRefused(f"{exc} (another client, e.g. the QLink tool, may hold "
+                                      "the one slot)") from exc
+                raise
 
-    async def _life_of(self, link: Link, failures: FailureLog, backoff: Backoff) -> float:
-        """Connect, set up and serve one link; returns how long to wait before the next."""
-        try:
-            await link.start()
-            await self._setup(link)
-        except SplitRefused as exc:
-            self.log.warning("strategy split: %s; falling back to single (one connection "
-                             "for everything) until restart", exc)
-            self.ctx.counters.extra["split_fallbacks"] = 1
-            self.strategy = "single"
-            return 0.0
-        except LinkError as exc:
-            reason = str(exc)
-            if isinstance(exc, LinkRefused):
-                reason += " (another client, e.g. the QLink tool, may hold the one slot)"
-            failures.failed(reason)
-            await self._status(False, reason)
-            return backoff.next_delay() or self.settings.reconnect_max
-        failures.recovered()
-        await self._status(True, f"connected ({link.strategy})")
-        since = time.monotonic()
-        try:
-            await self._serve(link)
-        except LinkError as exc:
-            failures.failed(exc)
-            await self._status(False, str(exc))
-            if time.monotonic() - since < STABLE_AFTER:  # flapping: back off
-                return backoff.next_delay() or self.settings.reconnect_max
-        backoff.reset()  # a link that lived long enough earns an immediate reconnect
-        return 0.0
+    async def serve(self, link: Link) -> None:
+        await self.link_up(f"connected ({link.strategy})")
+        await self._serve(link)
+
+    async def release(self, link: Link) -> None:
+        self._link = None
+        await link.close()
+        self._sync_counters()
 
     async def _setup(self, link: Link) -> None:
         """Pin the reply line end, enable monitoring, learn the version, poll everything."""
@@ -221,7 +226,7 @@ class QLinkTransport(QLinkCommands, Transport[QLinkSettings]):
                              target=env.source_transport)
         self._release_envs.clear()
         await self._reject_queued("the link is released for the programming tool")
-        await self._status(False, "released for the programming tool")
+        await self.announce(False, "released for the programming tool")
         self.log.warning("link released for %.0f s", until - time.monotonic())
         while self._release_until is not None and not self.ctx.stopping.is_set():
             remaining = self._release_until - time.monotonic()
@@ -343,8 +348,7 @@ class QLinkTransport(QLinkCommands, Transport[QLinkSettings]):
     # ------------------------------------------------------------------ helpers
 
     def _count(self, what: str) -> None:
-        extra = self.ctx.counters.extra
-        extra[what] = int(extra.get(what, 0)) + 1
+        self.ctx.counters.incr(what)
 
     def _sync_counters(self) -> None:
         extra = self.ctx.counters.extra
@@ -355,8 +359,3 @@ class QLinkTransport(QLinkCommands, Transport[QLinkSettings]):
     async def _emit(self, kind: str, data: dict[str, Any], target: Any = None) -> None:
         await self.ctx.emit(kind, data, target=target, info=dict(self.info))
 
-    async def _status(self, available: bool, reason: str) -> None:
-        if self._available == (available, reason):  # a new reason is news, a retry is not
-            return
-        self._available = (available, reason)
-        await self._emit("status", {"available": available, "reason": reason})

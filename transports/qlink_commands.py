@@ -13,7 +13,7 @@ import asyncio
 import time
 from typing import Any
 
-from gateway.message import Envelope, command_result, describe_event
+from gateway.message import Envelope, command_result
 from protocols.qlink import Command, ErrorReply, Reply
 from transports.base import TransportContext
 from transports.qlink_config import LINK_BUTTONS, CommandRejected, Directory, QLinkSettings, Step
@@ -61,10 +61,6 @@ class QLinkCommands:
             self._release_until = None
             self._wake.set()
             await self._result(envelope, True, "ok", "taking the link back")
-            return
-        if verb == "describe":
-            await self._emit("event", describe_event(self.dir.specs()))
-            await self._result(envelope, True, "ok")
             return
         try:
             steps = self.dir.plan(data)

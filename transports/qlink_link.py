@@ -31,13 +31,14 @@ from protocols.qlink import (
     command,
     escape,
 )
+from transports.device import PeerUnavailable
 
 EventSink = Callable[[Event], Awaitable[None]]
 GarbledSink = Callable[[Garbled, str], None]
 Expect = Callable[[Reply | ErrorReply], bool]
 
 
-class LinkError(Exception):
+class LinkError(PeerUnavailable):
     """The link cannot be used any more: close it and build a new one."""
 
 

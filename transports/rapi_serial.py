@@ -10,7 +10,8 @@ from the awaited one when the peer echoes it; a peer that doesn't still works.
 Neighbours: ``transports/serial_link.py`` turns the pyserial port (serial device, PTY or
 ``socket://host:port``) into an asyncio byte link; ``transports/rapi_commands.py`` runs command
 envelopes step by step. What stays here is the life cycle: connect, identify, poll, pulse the
-heartbeat, match replies to the command in flight, reconnect with backoff.
+heartbeat, match replies to the command in flight. Reconnecting with backoff, the failure and
+recovery logs and the availability envelopes are ``transports/device.py``'s.
 """
 
 from __future__ import annotations
@@ -24,14 +25,15 @@ from typing import Any
 
 from pydantic import Field
 
-from gateway.backoff import Backoff, FailureLog
-from gateway.message import Envelope, command_result, describe_event
+from gateway.backoff import Backoff
+from gateway.message import Envelope, ValueSpec, describe_event
 from gateway.settings import TransportSettings, serial_identity
 from protocols import rapi_replies as rr
 from protocols.rapi import RapiFrame, RapiGarbage, RapiParser, encode_command, escape
 from protocols.rapi_values import HEARTBEAT_ACK, POLLED, Snapshot, set_current_step, value_specs
 from transports import register
-from transports.base import Transport, TransportContext
+from transports.base import TransportContext
+from transports.device import DeviceTransport
 from transports.rapi_commands import CommandState, execute_command
 from transports.serial_link import OPEN_ERRORS, LinkDown, SerialLink
 
@@ -74,7 +76,7 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
 
 
 @register
-class RapiSerialTransport(Transport[RapiSerialSettings]):
+class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
     kind = "rapi_serial"
     Settings = RapiSerialSettings
     accepts = frozenset({"command"})
@@ -95,7 +97,6 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
         self._wake = asyncio.Event()
         self._outbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
         self._connected = False
-        self._available: bool | None = None
         self._unsupported: set[str] = set()
         self._rapi: tuple[int, ...] = (5,)
         self._commanded = CommandState(pulse_interval=float(settings.heartbeat_interval))
@@ -103,30 +104,26 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
         for key in ("garbage", "timeouts", "stale_replies", "bad_replies", "commands"):
             ctx.counters.extra.setdefault(f"rapi_{key}", 0)
 
-    # -- life -----------------------------------------------------------------------------
-    async def run(self) -> None:
+    # -- life (the reconnect loop is DeviceTransport's) ----------------------------------
+    def peer_name(self) -> str:
+        return f"RAPI controller at {self.settings.port}"
+
+    def backoff(self) -> Backoff:
         s = self.settings
-        backoff = Backoff(s.reconnect_backoff_ms / 1000.0, 30.0, s.reconnect_timeout_sec)
-        failure = FailureLog(self.log, f"RAPI controller at {s.port}")
-        while not self.ctx.stopping.is_set():
-            reason = await self._connect_and_serve(failure, backoff)
-            if reason is None:
-                return
-            failure.failed(reason)
-            self.ctx.counters.error(reason)
-            await self._status(False, reason)
-            delay = backoff.next_delay()
-            if delay is None:
-                raise LinkDown(f"{s.port}: gave up after {s.reconnect_timeout_sec:g} s: {reason}")
-            await wait_event(self.ctx.stopping, delay)
+        return Backoff(s.reconnect_backoff_ms / 1000.0, 30.0, s.reconnect_timeout_sec)
+
+    def device_info(self) -> dict[str, str]:
+        return self.info
+
+    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]]:
+        return [(dict(self.info), value_specs(self.snapshot.current_range))]
 
     async def close(self) -> None:
         if self._link is not None:
             await self._link.close()
             self._link = None
 
-    async def _connect_and_serve(self, failure: FailureLog, backoff: Backoff) -> str | None:
-        """One connection's life; returns why it ended, or None when we are stopping."""
+    async def open(self) -> SerialLink:
         self._lost.clear()
         self._lost_reason = ""
         self._parser.reset()
@@ -137,16 +134,20 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
             await link.open(self._on_data, self._on_lost)
         except OPEN_ERRORS as exc:
             await link.close()
-            return f"cannot open: {exc}"
+            raise LinkDown(f"cannot open: {exc}") from exc
         self._link = link
+        return link
+
+    async def serve(self, link: SerialLink) -> None:
+        """One connection's life; raises LinkDown when it ends, returns when we stop."""
         tasks = {
-            asyncio.create_task(self._serve(failure, backoff), name="rapi-serve"),
+            asyncio.create_task(self._serve(), name="rapi-serve"),
             asyncio.create_task(self._lost.wait()),
             asyncio.create_task(self.ctx.stopping.wait()),
         }
         try:
             done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
-            reason: str | None = None
+            reason = ""
             for task in done:
                 if task.get_name() == "rapi-serve":
                     exc = task.exception()
@@ -156,28 +157,27 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
                         raise exc
             if self._lost.is_set():
                 reason = self._lost_reason
-            return None if self.ctx.stopping.is_set() else reason
+            if not self.ctx.stopping.is_set():
+                raise LinkDown(reason or "disconnected")
         finally:
             for task in tasks:
                 task.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self._link = None
-            self._connected = False
-            await link.close()
-            if self._pending is not None and not self._pending[1].done():
-                self._pending[1].set_exception(LinkDown("disconnected"))
-            if not self.ctx.stopping.is_set():
-                await self._status(False, self._lost_reason or "disconnected")
 
-    async def _serve(self, failure: FailureLog, backoff: Backoff) -> None:
+    async def release(self, link: SerialLink) -> None:
+        self._link = None
+        self._connected = False
+        await link.close()
+        if self._pending is not None and not self._pending[1].done():
+            self._pending[1].set_exception(LinkDown("disconnected"))
+
+    async def _serve(self) -> None:
         drain = asyncio.create_task(self._drain_outbox())
         pulse = asyncio.create_task(self._pulse())
         try:
             await self._identify()
-            failure.recovered()
-            backoff.reset()
             self._connected = True
-            await self._status(True, "connected")
+            await self.link_up("connected")
             await self._emit("event", describe_event(value_specs(self.snapshot.current_range)))
             await self._restore()
             gap = min(MIN_POLL_GAP, self.settings.read_interval)
@@ -274,7 +274,7 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
         try:
             self.snapshot.apply(name, reply.params, self._rapi)
         except rr.RapiReplyError as exc:
-            self.ctx.counters.extra["rapi_bad_replies"] += 1
+            self.ctx.counters.incr("rapi_bad_replies")
             self.ctx.counters.error(str(exc))
             self.log.warning("%s: %s", exc, escape(reply.raw))
 
@@ -300,7 +300,7 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
                     async with asyncio.timeout(self.settings.command_timeout):
                         return await future
                 except TimeoutError:
-                    self.ctx.counters.extra["rapi_timeouts"] += 1
+                    self.ctx.counters.incr("rapi_timeouts")
                     self._timeouts_in_row += 1
                     self.log.debug("no reply to %r", line)
                 finally:
@@ -330,12 +330,12 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
     def _reply(self, frame: RapiFrame) -> None:
         pending = self._pending
         if pending is None or pending[1].done():
-            self.ctx.counters.extra["rapi_stale_replies"] += 1
+            self.ctx.counters.incr("rapi_stale_replies")
             self.log.debug("reply with no command waiting: %s", escape(frame.raw))
             return
         seq, future = pending
         if seq is not None and frame.seq is not None and frame.seq != seq:
-            self.ctx.counters.extra["rapi_stale_replies"] += 1
+            self.ctx.counters.incr("rapi_stale_replies")
             self.log.debug("late reply (seq %02X, waiting %02X) dropped", frame.seq, seq)
             return
         self._timeouts_in_row = 0
@@ -356,11 +356,11 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
                 long_press = frame.params[:1] == ("1",)
                 self._outbox.put_nowait(("event", {"event": "button", "long": long_press}))
         except rr.RapiReplyError as exc:
-            self.ctx.counters.extra["rapi_bad_replies"] += 1
+            self.ctx.counters.incr("rapi_bad_replies")
             self.log.warning("%s", exc)
 
     def _garbage(self, garbage: RapiGarbage) -> None:
-        self.ctx.counters.extra["rapi_garbage"] += 1
+        self.ctx.counters.incr("rapi_garbage")
         self.ctx.counters.error(garbage.describe())
         now = time.monotonic()
         if now - self._garbage_logged > 10.0:
@@ -382,22 +382,11 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
     async def _emit(self, kind: str, data: dict[str, Any], target: Any = None) -> None:
         await self.ctx.emit(kind, data, target=target, info=dict(self.info))
 
-    async def _status(self, available: bool, reason: str) -> None:
-        """Availability, sent when it changes (once per outage, once per recovery)."""
-        if available != self._available:
-            self._available = available
-            await self._emit("status", {"available": available, "reason": reason})
-
     async def receive(self, envelope: Envelope) -> None:
         data = envelope.data
         reply_to = envelope.source_transport
-        if data.get("command") == "describe":
-            spec = describe_event(value_specs(self.snapshot.current_range))
-            await self._emit("event", spec)
-            await self._emit("event", command_result(data, True, "ok"), target=reply_to)
-            return
         send = functools.partial(self._request, retries=1, dead_check=False)
         result = await execute_command(data, send, self._connected, self._commanded, self.log)
-        self.ctx.counters.extra["rapi_commands"] += 1
+        self.ctx.counters.incr("rapi_commands")
         await self._emit("event", result, target=reply_to)
         self._wake.set()

@@ -18,11 +18,13 @@ from typing import Any
 
 import serial
 
+from transports.device import PeerUnavailable
+
 #: What :meth:`SerialLink.open` raises for a port that is missing, busy or misnamed.
 OPEN_ERRORS: tuple[type[Exception], ...] = (serial.SerialException, OSError, ValueError)
 
 
-class LinkDown(Exception):
+class LinkDown(PeerUnavailable):
     """The port closed or the peer stopped answering: reconnect, don't crash."""
 
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from pydantic import Field
 
-from gateway.message import READING, ValueSpec, describe_event
+from gateway.message import EVENT, READING, Envelope, ValueSpec, command_result, describe_event
 from gateway.settings import TransportSettings
 from transports import register
 from transports.base import Transport
@@ -119,7 +119,11 @@ class SystemInput(Transport[SystemSettings]):
             next_at += self.settings.read_interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
-    async def receive(self, envelope) -> None:  # type: ignore[no-untyped-def]
-        if envelope.data.get("command") == "describe":
-            await self.ctx.emit("event", describe_event(SPECS), info=self.info(),
-                                target=envelope.source_transport)
+    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]]:
+        return [(self.info(), list(SPECS))]
+
+    async def receive(self, envelope: Envelope) -> None:
+        """Commands other than ``describe`` (answered by the runner): nothing to write here."""
+        await self.ctx.emit(EVENT, command_result(envelope.data, False, "unsupported",
+                                                  f"{self.ctx.name} has nothing to write"),
+                            target=envelope.source_transport, info=self.info())

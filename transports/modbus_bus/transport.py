@@ -12,7 +12,12 @@ request, the device's own timeout, retries and pauses apply. What the bus does p
 - no answer or a garbled one: counted; that block is read last next time, and a scan whose
   first request goes unanswered ends there; ``offline_after`` in a row quarantine the device
   (status unavailable), the others keep their timing;
-- a lost connection: every device is reported unavailable and the bus reopens with backoff.
+- a lost connection: the link is reopened at once; if that fails, every device is reported
+  unavailable and the link is reopened with backoff (commands are answered meanwhile).
+
+The reconnect loop, its backoff and its one failure and one recovery log are
+:class:`~transports.device.DeviceTransport`'s: this gives ``open()``, ``serve(link)`` and
+``release(link)``, and tells each device of the bus's outage in ``announce()``.
 """
 
 from __future__ import annotations
@@ -30,12 +35,14 @@ from gateway.message import (
     READING,
     STATUS,
     Envelope,
+    ValueSpec,
     describe_event,
 )
 from protocols.read_plan import ReadRequest
 from protocols.registers import RegisterValue, Value
 from transports import register
-from transports.base import Transport, TransportContext
+from transports.base import TransportContext
+from transports.device import DeviceTransport, PeerUnavailable
 from transports.modbus.link import (
     Disconnected,
     ExceptionReply,
@@ -81,6 +88,13 @@ def link_description(settings: AnySettings, port: str = "") -> LinkDescription:
                       settings.stopbits, settings.bytesize)
 
 
+def place(settings: AnySettings) -> str:
+    """Where the logs say the device (or the bus) is."""
+    if isinstance(settings, ModbusSettings):
+        return f"{settings.where()} unit {settings.address}"
+    return f"bus {settings.where()}"
+
+
 def sole_device(settings: ModbusSettings) -> BusDevice:
     """A ``modbus_tcp``/``modbus_rtu`` section as the one device of its bus, same keys: a
     device is reported unavailable after ``offline_after`` requests in a row without an
@@ -96,19 +110,18 @@ def sole_device(settings: ModbusSettings) -> BusDevice:
         writable=tuple(settings.writable))
 
 
-class ModbusBusTransport(Transport[AnySettings]):
+class ModbusBusTransport(DeviceTransport[AnySettings]):
     accepts: ClassVar[frozenset[str]] = frozenset({COMMAND})
 
     def __init__(self, settings: AnySettings, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
         self.line = link_description(settings)
+        self._where = place(settings)
         if isinstance(settings, ModbusSettings):
             devices, sole = [sole_device(settings)], True
-            self._where = f"{settings.where()} unit {settings.address}"
             self._down = "cannot connect"
         else:
             devices, sole = settings.bus_devices(), False
-            self._where = f"bus {settings.where()}"
             self._down = "bus not connected"
         self.members = {d.name: Member(d, self.line.cost(d.turnaround), sole=sole)
                         for d in devices}
@@ -116,20 +129,16 @@ class ModbusBusTransport(Transport[AnySettings]):
             {m.name: Timing(m.cfg.read_interval, m.cfg.offline_after, m.cfg.quarantine_max)
              for m in self.members.values()}, time.monotonic())
         self.link: ModbusLink | None = None
-        self._retry_at = 0.0
-        self._ever_connected = False
-        self._failure = FailureLog(self.log, f"modbus {self._where}")
+        self._had_link = False  # the next open is a reconnect (counted)
         self._silence = {n: FailureLog(self.log, self._where if sole else
                                        f"{self._where} device {n}") for n in self.members}
         self._refusals_seen: set[tuple[str, str, int]] = set()
-        self._backoff = Backoff(initial=min(1.0, settings.reconnect_max),
-                                maximum=settings.reconnect_max)
         for key in COUNTERS:
             ctx.counters.extra.setdefault(key, 0)
         self.commands = BusCommands(self, self.members, ctx, self.log, self._where)
 
     def count(self, key: str, n: int = 1) -> None:
-        self.ctx.counters.extra[key] = int(self.ctx.counters.extra.get(key, 0)) + n
+        self.ctx.counters.incr(key, n)
 
     @property
     def connected(self) -> bool:
@@ -137,6 +146,13 @@ class ModbusBusTransport(Transport[AnySettings]):
 
     async def receive(self, envelope: Envelope) -> None:
         await self.commands.receive(envelope)
+
+    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]] | None:
+        """A ``modbus_tcp``/``modbus_rtu`` device is described by the runner; a bus's
+        ``describe`` may name one device, so its commands answer it (BusCommands)."""
+        if not isinstance(self.settings, ModbusSettings):
+            return None
+        return [(m.info(self.ctx.name), m.device.specs()) for m in self.members.values()]
 
     # ------------------------------------------------------------------ life
     async def connect(self) -> None:
@@ -158,44 +174,57 @@ class ModbusBusTransport(Transport[AnySettings]):
             self.link.close()
             self.link = None
 
-    async def _open(self) -> bool:
-        if self.link is not None:
-            self.link.close()
-            self.link = None
+    # -- the reconnect loop and its logs are DeviceTransport's -----------------------------
+    def peer_name(self) -> str:
+        return f"modbus {place(self.settings)}"
+
+    def backoff(self) -> Backoff:
+        return Backoff(initial=min(1.0, self.settings.reconnect_max),
+                       maximum=self.settings.reconnect_max)
+
+    async def announce(self, available: bool, reason: str) -> None:
+        """The link itself has no status: down, every device is unavailable; up, each device
+        says so with its next good scan."""
+        if not available:
+            await self._all_unavailable(self._down)
+
+    async def wait_retry(self, seconds: float) -> None:
+        """Between two attempts, commands are still answered (with an error, at once)."""
+        until = time.monotonic() + seconds
+        while not self.ctx.stopping.is_set() and (left := until - time.monotonic()) > 0:
+            await self.commands.serve()
+            await self._idle(left)
+
+    async def open(self) -> ModbusLink:
+        if self._had_link:
+            self._had_link = False
             self.count("reconnects")
         s = self.settings
         try:
             port = resolve_port(s.port, s.selector()) if isinstance(
                 s, ModbusBusRtuSettings) else ""
         except PortNotFound as exc:
-            self._failure.failed(exc)
-            return False
+            raise PeerUnavailable(str(exc)) from exc
         link = ModbusLink(link_description(s, port),
                           connect_timeout=max(m.cfg.timeout for m in self.members.values()))
         if not await link.connect():
             link.close()
-            self._failure.failed(f"cannot open {self.settings.where()}")
-            return False
+            raise PeerUnavailable(f"cannot open {s.where()}")
         self.link = link
-        self._backoff.reset()
-        self._failure.recovered()
         for m in self.members.values():
             m.described = False
-        return True
+        return link
 
-    async def run(self) -> None:
-        while not self.ctx.stopping.is_set():
-            if self.link is None or not self.link.connected:
-                now = time.monotonic()
-                if now < self._retry_at:
-                    await self.commands.serve()
-                    await self._idle(self._retry_at - now)
-                    continue
-                if not await self._open():
-                    await self._all_unavailable(self._down)
-                    delay = self._backoff.next_delay() or self.settings.reconnect_max
-                    self._retry_at = time.monotonic() + delay
-                    continue
+    async def release(self, link: ModbusLink) -> None:
+        link.close()
+        self.link = None
+        self._had_link = True
+
+    async def serve(self, link: ModbusLink) -> None:
+        """Scan the devices in their turns; returns when the link drops (reopened at once:
+        a dropped TCP connection usually is only that) or when the transport stops."""
+        await self.link_up("connected")
+        while not self.ctx.stopping.is_set() and link.connected:
             await self.commands.serve()
             slot = self.schedule.upcoming()
             wait = slot.due - time.monotonic()
