@@ -61,7 +61,13 @@ def _parser() -> argparse.ArgumentParser:
     demo.add_argument("--duration", type=float, default=0.0,
                       help="stop after this many seconds (default: run until Ctrl-C)")
     demo.add_argument("--dir", default="", help="where to put the demo's files (default: temp)")
-    demo.add_argument("--instance", type=int, default=0)
+    demo.add_argument("--instance", type=int, default=0,
+                      help="instance number N: every demo port at base + N*100")
+    demo.add_argument("--mqtt", default="", metavar="HOST:PORT",
+                      help="publish to this MQTT broker (Home Assistant's) instead of the "
+                           "demo's own")
+    demo.add_argument("--refresh", type=float, default=5.0,
+                      help="seconds between live views in the terminal (0: none)")
     sub.add_parser("instance", help="manage background instances (see docs/deployment.md)",
                    add_help=False)
     return parser
@@ -90,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "demo":
         from gateway.demo import run_demo
 
-        return run_demo(args.duration, args.dir, args.instance)
+        return run_demo(args.duration, args.dir, args.instance, args.mqtt, args.refresh)
     try:
         config = load_config(args.config, sets=args.set, instance=args.instance)
     except ConfigError as exc:
@@ -147,16 +153,23 @@ def run_gateway(config: GatewayConfig, notifier: Any = None) -> int:
         return EXIT_CONFIG
     if len(config.transports) == 1:
         return asyncio.run(_run_single(config, notifier, log))
+    from gateway.live import GroupPoller, LatestReadings, LiveState, group_sources
     from gateway.supervisor import Supervisor
 
     supervisor = Supervisor(config, notifier)
+    readings = LatestReadings()
+    supervisor.frame_tap = readings.tap
+    groups = GroupPoller(group_sources(config))
+    live = LiveState(lambda: [s.public() for s in supervisor.slots.values()], readings, groups)
 
     async def main_async() -> int:
-        runner = await status_http.start(lambda: [s.public() for s in supervisor.slots.values()],
-                                         config.general.http_host, http_port(config))
+        runner = await status_http.start(live, config.general.http_host, http_port(config))
+        poller = asyncio.create_task(groups.run()) if runner is not None else None
         try:
             return await supervisor.run()
         finally:
+            if poller is not None:
+                poller.cancel()
             if runner is not None:
                 await runner.cleanup()
 

@@ -24,6 +24,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -83,6 +84,10 @@ class Slot:
             "errors": self.stats.get("errors", 0),
             "last_error": self.last_error or self.stats.get("last_error", ""),
             "exit_code": self.exit_code,
+            # every counter the transport reports, and when its last error came and went
+            "counters": dict(self.stats.get("extra", {})),
+            "last_error_at": self.stats.get("last_error_at"),
+            "recovered_at": self.stats.get("recovered_at"),
         }
 
 
@@ -112,6 +117,8 @@ class Supervisor:
         self.done = asyncio.Event()
         self._ready_sent = False
         self._last_status = ""
+        #: called with (source, frame) for every envelope frame (the status page's readings)
+        self.frame_tap: Callable[[str, bytes], None] | None = None
 
     # ----------------------------------------------------------------- processes
     def start_slot(self, slot: Slot) -> None:
@@ -199,6 +206,8 @@ class Supervisor:
                 return
             kind = frame[:1]
             if kind == b"E":
+                if self.frame_tap is not None:
+                    self.frame_tap(slot.name, frame)
                 self._route(slot, frame)
             elif kind == b"H":
                 slot.stats = channel.parse_heartbeat(frame)
