@@ -9,8 +9,11 @@ import subprocess
 import sys
 import urllib.request
 from pathlib import Path
+from typing import Any
 
-from gateway.demo import PARTS
+import paho.mqtt.client as mqtt
+
+from gateway.demo import MQTT_BASE, PARTS, _wait_ready, port_free, refusal, render_view
 from pytests.gateway_proc import read_jsonl
 from pytests.helpers import wait_for
 
@@ -26,14 +29,46 @@ def _openevse_led(port: int, controller: str) -> bool:
     return bool(state["controller_host"] == controller and state["frames"] > 0)
 
 
+def _api_state(port: int) -> dict[str, Any]:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/state", timeout=5) as r:
+            return dict(json.loads(r.read()))
+    except (OSError, ValueError):
+        return {}
+
+
+class _Topics:
+    """Every topic seen on the demo's broker."""
+
+    def __init__(self, port: int) -> None:
+        self.seen: set[str] = set()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+        self.client.on_connect = lambda c, *_: c.subscribe("#")
+        self.client.on_message = lambda c, u, m: self.seen.add(m.topic)
+        self.port = port
+
+    def start(self) -> bool:
+        try:
+            self.client.connect("127.0.0.1", self.port)
+        except OSError:
+            return False
+        self.client.loop_start()
+        return True
+
+    def stop(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
 def test_demo_reads_every_simulated_device(tmp_path: Path) -> None:
     env = dict(os.environ, PGW_RUN_DIR=str(tmp_path / "run"))
     log = open(tmp_path / "demo.log", "w")
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "protocol_gateway.py"), "demo", "--dir", str(tmp_path),
-         "--instance", "7"], stdout=log, stderr=subprocess.STDOUT, env=env)
+         "--instance", "7", "--refresh", "2"], stdout=log, stderr=subprocess.STDOUT, env=env)
     readings = tmp_path / "readings.jsonl"
     expected = {part.name for part in PARTS if part.section(700, tmp_path)}
+    topics = _Topics(MQTT_BASE + 700)
     try:
         wait_for(lambda: expected <= {r["source_transport"] for r in read_jsonl(readings)
                                       if r["kind"] == "reading"}, timeout=90, interval=0.5)
@@ -41,10 +76,80 @@ def test_demo_reads_every_simulated_device(tmp_path: Path) -> None:
         # load-sharing node: it names it as its controller and obeys its frames
         wait_for(lambda: _openevse_led(8081 + 700, f"127.0.0.1:{8190 + 700}"), timeout=60,
                  interval=0.5)
+        # every device reaches the demo's own broker, announced to Home Assistant
+        wait_for(topics.start, timeout=30, interval=0.5)
+        base = "protocol-gateway-demo-7/"
+        wait_for(lambda: len({t.split("/")[1] for t in topics.seen if t.startswith(base)})
+                 >= len(expected) and any(t.startswith("homeassistant/") for t in topics.seen),
+                 timeout=60, interval=0.5)
+        # the status page's picture: a device per reading source, the group within its breaker
+        state = wait_for(lambda: (s := _api_state(8180 + 700)) and s["groups"] and
+                         s["groups"][0]["reachable"] and len(s["groups"][0]["members"]) == 2
+                         and s, timeout=60, interval=0.5)
+        group = state["groups"][0]
+        assert group["breaker"] == 32 and 0 < group["allocated"] <= 32
+        assert expected <= {d["transport"] for d in state["devices"]}
+        # a second demo as the same instance refuses before starting anything, names the
+        # instance that would work, and leaves the first one alone
+        second = subprocess.run(
+            [sys.executable, str(ROOT / "protocol_gateway.py"), "demo", "--dir",
+             str(tmp_path / "second"), "--instance", "7"], capture_output=True, text=True,
+            env=env, timeout=60)
+        assert second.returncode == 1, second.stdout + second.stderr
+        assert "--instance 8" in second.stderr
+        assert "running" not in second.stdout
+        after = _api_state(8180 + 700)
+        assert all(t["restarts"] == 0 and t["state"] == "running"
+                   for t in after["transports"]), after["transports"]
+        # the live view was printed
+        wait_for(lambda: "load sharing [loadsharing]" in (tmp_path / "demo.log").read_text(),
+                 timeout=30, interval=0.5)
     finally:
+        topics.stop()
         proc.send_signal(signal.SIGINT)
         code = proc.wait(60)
         log.close()
-    assert code == 0, (tmp_path / "demo.log").read_text()[-3000:]
     text = (tmp_path / "demo.log").read_text()
+    assert code == 0, text[-3000:]
     assert "Traceback" not in text
+    assert "first reading" in text
+
+
+def test_a_simulator_that_exits_is_not_ready(tmp_path: Path) -> None:
+    proc = subprocess.Popen([sys.executable, "-c", "import sys; sys.exit(3)"])
+    assert not _wait_ready(proc, 0, tmp_path / "never", timeout=20)
+    assert proc.returncode == 3
+
+
+def test_a_busy_port_refuses_and_suggests_the_next_instance() -> None:
+    import socket
+
+    with socket.socket() as holder:
+        holder.bind(("127.0.0.1", 8180 + 4200))
+        holder.listen()
+        assert not port_free(8180 + 4200)
+        lines = refusal(42, own_broker=True)
+    assert any("12380 (status page)" in line for line in lines), lines
+    assert lines[-1].startswith("start this demo beside it with: protocol-gateway demo "
+                                "--instance ")
+    assert "--instance 42" not in lines[-1]
+
+
+def test_view_shows_devices_problems_and_the_group() -> None:
+    state = {
+        "transports": [{"name": "charger", "state": "running", "restarts": 0},
+                       {"name": "meter", "state": "restarting", "restarts": 2,
+                        "last_error": "killed by signal SIGKILL"}],
+        "devices": [{"transport": "charger", "device": "charger", "age": 3.2, "available": True,
+                     "key_values": {"state": "charging", "power": 3840.0}}],
+        "groups": [{"section": "ls", "reachable": True, "breaker": 32.0, "allocated": 24.0,
+                    "failsafe": False, "members": [
+                        {"id": "a", "target_current": 16, "reason": "equal_share"},
+                        {"id": "b", "target_current": 8, "reason": "ev_limit"}]}],
+    }
+    text = "\n".join(render_view(state))
+    assert "1/2 transports running" in text
+    assert "meter: restarting, 2 restarts, last error: killed by signal SIGKILL" in text
+    assert "state charging" in text and "power 3840" in text
+    assert "24 A allocated of a 32 A breaker [###############-----]" in text
+    assert "b 8 A (ev_limit)" in text
