@@ -229,3 +229,16 @@ def test_a_section_that_moves_nothing_is_warned_about(tmp_path: Path) -> None:
     assert "[o] bridge: receives nothing and sends nowhere" in result.stderr
     result = check(tmp_path, "[a]\ntransport = system\nbridge = o\n[o]\ntransport = jsonl_out\n")
     assert "receives nothing" not in result.stderr
+
+
+def test_example_moves_data_when_copied() -> None:
+    """config.ini.example as-is: every input bridged to the outputs, the load-sharing node fed
+    by its charger, nothing isolated (only the simulators' PTYs may be missing now)."""
+    config = load_config(ROOT / "config.ini.example", environ={})
+    assert all("serial device" in w.message for w in config.warnings), config.warnings
+    outputs = {"jsonl", "mqtt", "influxdb_output"}
+    for name, tc in config.transports.items():
+        if name not in outputs:
+            assert outputs <= set(tc.settings.bridge), name
+    charger = config.transports["loadsharing"].settings.charger  # type: ignore[attr-defined]
+    assert "loadsharing" in config.transports[charger].settings.bridge
