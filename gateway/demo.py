@@ -134,8 +134,11 @@ def demo_ports(offset: int, own_broker: bool) -> dict[int, str]:
 
 
 def port_free(port: int, host: str = "127.0.0.1") -> bool:
-    """Bind, don't connect: probing must never reach (and disturb) whoever listens there."""
+    """Bind, don't connect: probing must never reach (and disturb) whoever listens there.
+    SO_REUSEADDR as the servers set it: a port whose last connections linger in TIME_WAIT is
+    free for them (Linux still refuses the bind while anyone listens there)."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
         try:
             s.bind((host, port))
         except OSError:

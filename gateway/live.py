@@ -29,21 +29,29 @@ log = logging.getLogger("supervisor.live")
 #: Value names the compact views show first (substrings, in order of preference).
 KEY_VALUES = ("state", "power", "current", "voltage", "soc", "energy", "level", "load",
               "temperature")
+#: Names shown first when a reading has them.
+PREFERRED = ("state", "power", "power_total", "pv_total_power", "battery_soc", "soc",
+             "charging_current", "load_power")
 MAX_DEVICES = 200
 
 
 def key_values(values: dict[str, Any], count: int = 4) -> list[tuple[str, Any]]:
-    """A few telling values of a reading: the first names matching :data:`KEY_VALUES`."""
-    chosen: list[str] = []
+    """A few telling values of a reading: per word of :data:`KEY_VALUES`, a name that is the
+    word, else one ending in ``_word``, else one containing it (``power`` before
+    ``pv_total_power`` before ``charge_power_percent``)."""
+    chosen = [n for n in PREFERRED if n in values][:count]
     for word in KEY_VALUES:
-        for name in values:
-            if word in name and name not in chosen and not name.endswith("_code"):
-                chosen.append(name)
-                if len(chosen) == count:
-                    return [(n, values[n]) for n in chosen]
-    for name in values:
-        if name not in chosen and len(chosen) < count:
-            chosen.append(name)
+        if len(chosen) == count:
+            break
+        tiers = ([n for n in values if n in (word, word + "_total")],
+                 [n for n in values if n.endswith("_" + word)],
+                 [n for n in values if word in n and not n.endswith(("_code", "_percent"))])
+        match = next((n for tier in tiers for n in tier if n not in chosen), None)
+        if match is not None:
+            chosen.append(match)
+        if len(chosen) == count:
+            break
+    chosen += [n for n in values if n not in chosen][:count - len(chosen)]
     return [(n, values[n]) for n in chosen]
 
 
@@ -117,6 +125,7 @@ class GroupSource:
     section: str
     url: str
     breaker: float
+    node: str = ""  # host:port, the node's own member id by default
 
 
 def group_sources(config: GatewayConfig) -> list[GroupSource]:
@@ -135,7 +144,8 @@ def group_sources(config: GatewayConfig) -> list[GroupSource]:
             host = "127.0.0.1"
         shown = f"[{host}]" if ":" in host else host
         breaker = float(getattr(tc.settings, "loadsharing_group_max_current", 0) or 0)
-        found.append(GroupSource(name, f"http://{shown}:{port}/loadsharing/status", breaker))
+        found.append(GroupSource(name, f"http://{shown}:{port}/loadsharing/status", breaker,
+                                 f"{shown}:{port}"))
     return found
 
 
@@ -155,7 +165,8 @@ def summarize_group(source: GroupSource, status: dict[str, Any] | None,
               (status.get("peers") or []) + (status.get("openevse_members") or [])
               if isinstance(p, dict)}
     for member in members:
-        member["state"] = online.get(member["id"], "")
+        member["state"] = online.get(member["id"]) or (
+            "this node" if member["id"] == source.node else "")
     return {"section": source.section, "reachable": True, "error": "",
             "breaker": source.breaker, "members": members,
             "allocated": round(sum(m["target_current"] for m in members), 2),
