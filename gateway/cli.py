@@ -222,7 +222,10 @@ async def _run_single(config: GatewayConfig, notifier: Any, log: logging.Logger)
                  "pid": None, "restarts": 0, "envelopes_in": stats["envelopes_in"],
                  "envelopes_out": stats["envelopes_out"], "dropped": stats["dropped"],
                  "errors": stats["errors"], "last_error": stats["last_error"],
-                 "exit_code": None, "uptime": round(time.monotonic() - started, 1)}]
+                 "exit_code": None, "uptime": round(time.monotonic() - started, 1),
+                 "counters": dict(stats.get("extra") or {}),  # type: ignore[call-overload]
+                 "last_error_at": stats.get("last_error_at"),
+                 "recovered_at": stats.get("recovered_at")}]
 
     runner = await status_http.start(snapshot, config.general.http_host, http_port(config))
     if notifier is not None:

@@ -350,7 +350,8 @@ def run_demo(duration: float, directory: str, instance: int, mqtt: str = "",
         p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
 
     def launch(name: str, argv: list[str], port: int, path: Path | None) -> bool:
-        log_path = work / f"{name}.log"
+        """Start one part; False (after saying why) when it died or never became ready."""
+        log_path = work / f"{name.replace(' ', '-')}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=work,
                                     env=env)
@@ -361,6 +362,7 @@ def run_demo(duration: float, directory: str, instance: int, mqtt: str = "",
         why = f"exited with code {code}" if code is not None else "did not become ready"
         tail = _log_tail(log_path)
         print(f"  {name}: FAILED ({why}){': ' + tail if tail else ''}; log: {log_path}")
+        proc.kill()
         return False
 
     failed: list[str] = []
@@ -370,7 +372,7 @@ def run_demo(duration: float, directory: str, instance: int, mqtt: str = "",
 
             broker_port = MQTT_BASE + offset
             argv, kind = broker_command(broker_port, work)
-            if launch("mqtt-broker", argv, broker_port, None):
+            if launch("mqtt broker", argv, broker_port, None):
                 print(f"  mqtt: {kind} broker on 127.0.0.1:{broker_port}")
                 sections.append(mqtt_section("127.0.0.1", broker_port, instance))
             else:
@@ -391,7 +393,7 @@ def run_demo(duration: float, directory: str, instance: int, mqtt: str = "",
                     continue
                 path = work / part.wait_path if part.wait_path else None
                 port = part.wait_port + offset if part.wait_port else 0
-                if not launch(f"{part.name}-simulator",
+                if not launch(f"{part.name} simulator",
                               [sys.executable, "-m", part.module, *part.argv(offset, work)],
                               port, path):
                     failed.append(part.name)

@@ -153,3 +153,22 @@ def test_view_shows_devices_problems_and_the_group() -> None:
     assert "state charging" in text and "power 3840" in text
     assert "24 A allocated of a 32 A breaker [###############-----]" in text
     assert "b 8 A (ev_limit)" in text
+
+
+def test_a_simulator_that_fails_is_reported_as_failed(tmp_path: Path) -> None:
+    script = f"""
+import sys
+import gateway.demo as demo
+broken = demo.DemoPart("broken", "json.tool", lambda o, d: ["/nonexistent/file.json"],
+                       lambda o, d: "", wait_port=8023, ports=(8023,))
+demo.PARTS[:] = [demo.PARTS[0], broken]
+sys.exit(demo.run_demo(8, {str(tmp_path)!r}, 23, refresh=0))
+"""
+    env = dict(os.environ, PGW_RUN_DIR=str(tmp_path / "run"), PYTHONPATH=str(ROOT))
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                          env=env, timeout=120, cwd=ROOT)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "broken simulator: FAILED (exited with code 2)" in done.stdout, done.stdout
+    assert "broken-simulator.log" in done.stdout
+    assert "broken: simulator json.tool running" not in done.stdout
+    assert "FAILED to start: broken" in done.stdout
