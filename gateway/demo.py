@@ -18,6 +18,7 @@ import contextlib
 import importlib.util
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -281,9 +282,9 @@ class LiveView:
     """
 
     def __init__(self, url: str, interval: float, out: TextIO, header: str, *,
-                 redraw: bool, started: float) -> None:
+                 redraw: bool, started: float, log_path: Path | None = None) -> None:
         self.url, self.interval, self.out, self.header = url, interval, out, header
-        self.redraw, self.started = redraw, started
+        self.redraw, self.started, self.log_path = redraw, started, log_path
         self.stop = threading.Event()
         self.first_reading: float | None = None
         self.thread = threading.Thread(target=self._loop, name="demo-view", daemon=True)
@@ -306,7 +307,9 @@ class LiveView:
                 if not state.get("devices"):
                     continue
                 self.first_reading = time.monotonic() - self.started
-            lines = render_view(state)
+            lines = render_view(state, width=shutil.get_terminal_size((100, 24)).columns)
+            if self.log_path is not None:
+                lines += _log_warnings(self.log_path)
             if self.redraw:
                 self.out.write("\x1b[H\x1b[2J" + self.header + "\n")
             else:
@@ -315,6 +318,21 @@ class LiveView:
             if self.first_reading is not None and not self.redraw:
                 self.out.write(f"  (first reading {self.first_reading:.1f} s after start)\n")
             self.out.flush()
+
+
+def _log_warnings(path: Path, count: int = 3) -> list[str]:
+    """The log file's last warnings and errors, for the view that hides the log."""
+    try:
+        with open(path, "rb") as handle:
+            handle.seek(max(0, handle.seek(0, os.SEEK_END) - 65536))
+            text = handle.read().decode("utf-8", "replace")
+    except OSError:
+        return []
+    found = [line for line in text.splitlines() if " WARNING " in line or " ERROR " in line
+             or line.startswith("Traceback")]
+    if not found:
+        return []
+    return [f"  log ({path}):"] + [f"    {line[:140]}" for line in found[-count:]]
 
 
 # --- the demo -------------------------------------------------------------------------------
@@ -336,11 +354,10 @@ def run_demo(duration: float, directory: str, instance: int, mqtt: str = "",
     work = Path(directory or tempfile.mkdtemp(prefix="protocol-gateway-demo-")).resolve()
     work.mkdir(parents=True, exist_ok=True)
     redraw = sys.stdout.isatty() and refresh > 0
-    log_line = f"log_file = {work / 'gateway.log'}\n" if redraw else ""
     procs: list[subprocess.Popen[bytes]] = []
     sections = [
         f"[general]\nstate_dir = {work / 'state'}\nhttp_port = {HTTP_BASE}\n"
-        f"instance = {instance}\n{log_line}",
+        f"instance = {instance}\n",
         f"[jsonl]\ntransport = jsonl_out\npath = {work / 'readings.jsonl'}\n",
     ]
     print(f"demo directory: {work}")
@@ -425,15 +442,22 @@ def run_demo(duration: float, directory: str, instance: int, mqtt: str = "",
                      if own_broker else ""))
         if failed:
             print(f"FAILED to start: {', '.join(failed)} (the demo runs without them)")
-        if redraw:
-            print(f"gateway log:   {work / 'gateway.log'}")
         print("stop with Ctrl-C", flush=True)
+        log_path = work / "gateway.log"
+        if redraw:
+            # the view owns the terminal: the gateway's log (and its children's) goes to a
+            # file, whose warnings the view shows
+            print(f"gateway log:   {log_path}", flush=True)
+            time.sleep(2)  # let the banner be read before the first redraw
+            log_fd = os.open(log_path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o644)
+            os.dup2(log_fd, 2)
+            os.close(log_fd)
         if duration > 0:
             threading.Timer(duration, os.kill, (os.getpid(), signal.SIGTERM)).start()
         view = None
         if refresh > 0:
             view = LiveView(f"{http}/api/state", refresh, sys.stdout, header, redraw=redraw,
-                            started=started)
+                            started=started, log_path=log_path if redraw else None)
             view.thread.start()
         from gateway.instance_cli import run_guarded
 
