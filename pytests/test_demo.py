@@ -172,3 +172,18 @@ sys.exit(demo.run_demo(8, {str(tmp_path)!r}, 23, refresh=0))
     assert "broken-simulator.log" in done.stdout
     assert "broken: simulator json.tool running" not in done.stdout
     assert "FAILED to start: broken" in done.stdout
+
+
+def test_mqtt_option_names_the_users_broker(tmp_path: Path) -> None:
+    from gateway.demo import demo_ports, mqtt_section
+
+    assert "host = 192.168.1.10\nport = 1883\n" in mqtt_section("192.168.1.10", 1883, 0)
+    assert "base_topic = protocol-gateway-demo-3\n" in mqtt_section("h", 1883, 3)
+    assert MQTT_BASE + 300 in demo_ports(300, own_broker=True)
+    assert MQTT_BASE + 300 not in demo_ports(300, own_broker=False)
+    done = subprocess.run(
+        [sys.executable, str(ROOT / "protocol_gateway.py"), "demo", "--dir", str(tmp_path),
+         "--instance", "44", "--mqtt", "no-port-here"], capture_output=True, text=True,
+        timeout=60, env=dict(os.environ, PGW_RUN_DIR=str(tmp_path / "run")))
+    assert done.returncode == 2
+    assert "--mqtt 'no-port-here': expected host:port" in done.stderr
