@@ -82,9 +82,12 @@ PARTS: list[DemoPart] = [
         wait_port=8023, ports=(8023, 8024)),
     DemoPart(
         "inverter", "simulators.modbus_device",
-        lambda o, d: ["--map", "eg4_v58", "--tcp-port", str(5020 + o), "--day-seconds", "600"],
+        # unit 4: its serial number (from the unit) differs from the bus inverter's, so Home
+        # Assistant sees two inverters, not one
+        lambda o, d: ["--map", "eg4_v58", "--tcp-port", str(5020 + o), "--day-seconds", "600",
+                      "--unit", "4"],
         lambda o, d: ("[inverter]\ntransport = modbus_tcp\nprotocol_version = eg4_v58\n"
-                      f"host = 127.0.0.1\nport = {5020 + o}\naddress = 1\nread_interval = 5\n"
+                      f"host = 127.0.0.1\nport = {5020 + o}\naddress = 4\nread_interval = 5\n"
                       f"bridge = {DEVICE_TARGETS}\n"),
         wait_port=5020, ports=(5020,)),
     DemoPart(

@@ -30,9 +30,13 @@ def mosquitto_binary() -> str | None:
     return None
 
 
+#: ``PGW_DEMO_BROKER=amqtt`` uses the embedded broker even where Mosquitto is installed.
+BROKER_ENV = "PGW_DEMO_BROKER"
+
+
 def broker_command(port: int, work: Path, python: str = sys.executable) -> tuple[list[str], str]:
     """(argv, name) of the broker to start on 127.0.0.1:``port``."""
-    binary = mosquitto_binary()
+    binary = None if os.environ.get(BROKER_ENV) == "amqtt" else mosquitto_binary()
     if binary is not None:
         conf = work / "mosquitto.conf"
         conf.write_text("\n".join([

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
+import pytest
 
 from gateway.demo import MQTT_BASE, PARTS, _wait_ready, port_free, refusal, render_view
 from pytests.gateway_proc import read_jsonl
@@ -82,6 +83,14 @@ def test_demo_reads_every_simulated_device(tmp_path: Path) -> None:
         wait_for(lambda: len({t.split("/")[1] for t in topics.seen if t.startswith(base)})
                  >= len(expected) and any(t.startswith("homeassistant/") for t in topics.seen),
                  timeout=60, interval=0.5)
+        # no two simulated devices share an identity (Home Assistant would merge them)
+        identities: dict[str, set[str]] = {}
+        for r in read_jsonl(readings):
+            if r["kind"] == "reading":
+                info = r["source_transport_info"]
+                identities.setdefault(info.get("device_identifier", ""), set()).add(
+                    r["source_transport"] + "/" + info.get("device", ""))
+        assert all(len(users) == 1 for users in identities.values()), identities
         # the status page's picture: a device per reading source, the group within its breaker
         state = wait_for(lambda: (s := _api_state(8180 + 700)) and s["groups"] and
                          s["groups"][0]["reachable"] and len(s["groups"][0]["members"]) == 2
@@ -187,3 +196,32 @@ def test_mqtt_option_names_the_users_broker(tmp_path: Path) -> None:
         timeout=60, env=dict(os.environ, PGW_RUN_DIR=str(tmp_path / "run")))
     assert done.returncode == 2
     assert "--mqtt 'no-port-here': expected host:port" in done.stderr
+
+
+def test_the_embedded_broker_carries_retained_messages(tmp_path: Path,
+                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where Mosquitto is not installed the demo runs amqtt's broker: it must be a broker."""
+    from gateway.demo_broker import BROKER_ENV, broker_command
+    from pytests.helpers import free_port
+
+    monkeypatch.setenv(BROKER_ENV, "amqtt")
+    port = free_port()
+    argv, kind = broker_command(port, tmp_path)
+    assert kind == "amqtt"
+    broker = subprocess.Popen(argv, cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    got: list[bytes] = []
+    client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2)
+    try:
+        assert _wait_ready(broker, port, None, timeout=60)
+        client.connect("127.0.0.1", port)
+        client.loop_start()
+        sent = client.publish("homeassistant/sensor/x/config", b"{}", qos=1, retain=True)
+        sent.wait_for_publish(10)
+        client.on_message = lambda c, u, m: got.append(m.payload)
+        client.subscribe("homeassistant/#", qos=1)
+        wait_for(lambda: got == [b"{}"], timeout=30, interval=0.2)
+    finally:
+        client.loop_stop()
+        client.disconnect()
+        broker.terminate()
+        broker.wait(10)
