@@ -40,6 +40,7 @@ HTTP_BASE = 8180
 NODE_BASE = 8190
 MQTT_BASE = 11883
 DEVICE_TARGETS = "jsonl, mqtt"
+MAX_INSTANCE = 99  # [general] instance's range
 
 
 @dataclass(frozen=True)
@@ -167,7 +168,7 @@ def running_instances() -> set[int]:
 def free_instance(start: int, own_broker: bool, limit: int = 50) -> int | None:
     """The first instance number from ``start`` whose ports are all free and unregistered."""
     taken = running_instances()
-    for n in range(start, start + limit):
+    for n in range(start, min(start + limit, MAX_INSTANCE + 1)):
         try:
             if n not in taken and not busy_ports(n * PORT_STEP, own_broker):
                 return n
@@ -345,6 +346,9 @@ def run_demo(duration: float, directory: str, instance: int, mqtt: str = "",
     from gateway.cli import run_gateway
 
     started = time.monotonic()
+    if not 0 <= instance <= MAX_INSTANCE:
+        print(f"--instance {instance}: expected 0 to {MAX_INSTANCE}", file=sys.stderr)
+        return 2
     offset = instance * PORT_STEP
     own_broker = not mqtt
     problems = refusal(instance, own_broker)

@@ -5,7 +5,7 @@ Three sources, gathered in the supervisor's process without touching the transpo
 - the transports' slots (state, restarts, counters): the supervisor's snapshot;
 - each device's latest reading: :class:`LatestReadings` decodes envelope frames the supervisor
   routes anyway (a tap on its reading threads), at most ``max_rate`` frames a second per source
-  so a flood of envelopes costs the bridge nothing noticeable;
+  on average (bursts of ``burst``), so a flood of envelopes costs the bridge little;
 - each load-sharing node's own ``/loadsharing/status`` on loopback (:class:`GroupPoller`), the
   same answer its REST API gives, polled once a second with a short deadline.
 """
@@ -69,17 +69,22 @@ class DeviceReading:
 class LatestReadings:
     """Latest reading per (transport, device), fed from the supervisor's routing threads."""
 
-    max_rate: float = 20.0
+    max_rate: float = 20.0  # frames decoded per second and source, on average
+    burst: float = 50.0  # ... and at once: a describe, a status and a reading pass together
     devices: dict[tuple[str, str], DeviceReading] = field(default_factory=dict)
-    _last_decode: dict[str, float] = field(default_factory=dict)
+    _tokens: dict[str, tuple[float, float]] = field(default_factory=dict)  # source -> (n, at)
     _lock: threading.Lock = field(default_factory=threading.Lock)
 
     def tap(self, source: str, frame: bytes) -> None:
-        """A routed ``E`` frame (see :mod:`gateway.channel`); never raises into the bridge."""
+        """A routed ``E`` frame (see :mod:`gateway.channel`); never raises into the bridge.
+        A token bucket per source bounds the decoding under a flood of envelopes."""
         now = time.monotonic()
-        if now - self._last_decode.get(source, 0.0) < 1.0 / self.max_rate:
+        tokens, at = self._tokens.get(source, (self.burst, now))
+        tokens = min(self.burst, tokens + (now - at) * self.max_rate)
+        if tokens < 1.0:
+            self._tokens[source] = (tokens, now)
             return
-        self._last_decode[source] = now
+        self._tokens[source] = (tokens - 1.0, now)
         try:
             rows = pickle.loads(frame[frame.index(b"\n", 1) + 1:])
             for src, kind, data, _target, info, timestamp, _seq in rows:

@@ -14,7 +14,15 @@ from typing import Any
 import paho.mqtt.client as mqtt
 import pytest
 
-from gateway.demo import MQTT_BASE, PARTS, _wait_ready, port_free, refusal, render_view
+from gateway.demo import (
+    MQTT_BASE,
+    PARTS,
+    _wait_ready,
+    free_instance,
+    port_free,
+    refusal,
+    render_view,
+)
 from pytests.gateway_proc import read_jsonl
 from pytests.helpers import wait_for
 
@@ -63,23 +71,27 @@ class _Topics:
 
 def test_demo_reads_every_simulated_device(tmp_path: Path) -> None:
     env = dict(os.environ, PGW_RUN_DIR=str(tmp_path / "run"))
+    # an instance whose ports are free now, away from other checkouts' runs of this test
+    n = free_instance(10 + os.getpid() % 80, own_broker=True)
+    assert n is not None
+    o = n * 100
     log = open(tmp_path / "demo.log", "w")
     proc = subprocess.Popen(
         [sys.executable, str(ROOT / "protocol_gateway.py"), "demo", "--dir", str(tmp_path),
-         "--instance", "7", "--refresh", "2"], stdout=log, stderr=subprocess.STDOUT, env=env)
+         "--instance", str(n), "--refresh", "2"], stdout=log, stderr=subprocess.STDOUT, env=env)
     readings = tmp_path / "readings.jsonl"
-    expected = {part.name for part in PARTS if part.section(700, tmp_path)}
-    topics = _Topics(MQTT_BASE + 700)
+    expected = {part.name for part in PARTS if part.section(o, tmp_path)}
+    topics = _Topics(MQTT_BASE + o)
     try:
         wait_for(lambda: expected <= {r["source_transport"] for r in read_jsonl(readings)
                                       if r["kind"] == "reading"}, timeout=90, interval=0.5)
         # the simulated OpenEVSE charger (no section of its own) is led by the demo's
         # load-sharing node: it names it as its controller and obeys its frames
-        wait_for(lambda: _openevse_led(8081 + 700, f"127.0.0.1:{8190 + 700}"), timeout=60,
+        wait_for(lambda: _openevse_led(8081 + o, f"127.0.0.1:{8190 + o}"), timeout=60,
                  interval=0.5)
         # every device reaches the demo's own broker, announced to Home Assistant
         wait_for(topics.start, timeout=30, interval=0.5)
-        base = "protocol-gateway-demo-7/"
+        base = f"protocol-gateway-demo-{n}/"
         wait_for(lambda: len({t.split("/")[1] for t in topics.seen if t.startswith(base)})
                  >= len(expected) and any(t.startswith("homeassistant/") for t in topics.seen),
                  timeout=60, interval=0.5)
@@ -92,7 +104,7 @@ def test_demo_reads_every_simulated_device(tmp_path: Path) -> None:
                     r["source_transport"] + "/" + info.get("device", ""))
         assert all(len(users) == 1 for users in identities.values()), identities
         # the status page's picture: a device per reading source, the group within its breaker
-        state = wait_for(lambda: (s := _api_state(8180 + 700)) and s["groups"] and
+        state = wait_for(lambda: (s := _api_state(8180 + o)) and s["groups"] and
                          s["groups"][0]["reachable"] and len(s["groups"][0]["members"]) == 2
                          and s, timeout=60, interval=0.5)
         group = state["groups"][0]
@@ -102,12 +114,13 @@ def test_demo_reads_every_simulated_device(tmp_path: Path) -> None:
         # instance that would work, and leaves the first one alone
         second = subprocess.run(
             [sys.executable, str(ROOT / "protocol_gateway.py"), "demo", "--dir",
-             str(tmp_path / "second"), "--instance", "7"], capture_output=True, text=True,
+             str(tmp_path / "second"), "--instance", str(n)], capture_output=True, text=True,
             env=env, timeout=60)
         assert second.returncode == 1, second.stdout + second.stderr
-        assert "--instance 8" in second.stderr
+        assert "protocol-gateway demo --instance " in second.stderr
+        assert f"--instance {n}\n" not in second.stderr
         assert "running" not in second.stdout
-        after = _api_state(8180 + 700)
+        after = _api_state(8180 + o)
         assert all(t["restarts"] == 0 and t["state"] == "running"
                    for t in after["transports"]), after["transports"]
         # the live view was printed

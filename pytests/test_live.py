@@ -32,10 +32,19 @@ def test_tap_survives_a_garbled_frame_and_limits_its_rate() -> None:
     latest = LatestReadings(max_rate=1.0)
     latest.tap("x", b"Eout\nnot a pickle")
     assert latest.snapshot() == []
-    latest = LatestReadings(max_rate=0.001)  # one decode, then nothing for a long while
+    latest = LatestReadings(max_rate=0.001, burst=1)  # one decode, then none for a long while
     for n in range(5):
         latest.tap("x", _frame(Envelope("x", "reading", {"n": n}, None, {}, 100.0)))
     assert [d["values"] for d in latest.snapshot(now=100.0)] == [{"n": 0}]
+
+
+def test_tap_lets_a_burst_through() -> None:
+    """A describe event, a status and the first reading arrive together: none is skipped."""
+    latest = LatestReadings()
+    latest.tap("sys", _frame(Envelope("sys", "event", {"event": "describe"}, None, {}, 1.0)))
+    latest.tap("sys", _frame(Envelope("sys", "status", {"available": True}, None, {}, 1.0)))
+    latest.tap("sys", _frame(Envelope("sys", "reading", {"load": 1.0}, None, {}, 1.0)))
+    assert [d["values"] for d in latest.snapshot(now=2.0)] == [{"load": 1.0}]
 
 
 def test_key_values_prefer_telling_names() -> None:
