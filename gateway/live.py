@@ -69,8 +69,8 @@ class DeviceReading:
 class LatestReadings:
     """Latest reading per (transport, device), fed from the supervisor's routing threads."""
 
-    max_rate: float = 20.0  # frames decoded per second and source, on average
-    burst: float = 50.0  # ... and at once: a describe, a status and a reading pass together
+    max_rate: float = 5.0  # frames decoded per second and source, on average
+    burst: float = 20.0  # ... and at once: a describe, a status and a reading pass together
     devices: dict[tuple[str, str], DeviceReading] = field(default_factory=dict)
     _tokens: dict[str, tuple[float, float]] = field(default_factory=dict)  # source -> (n, at)
     _lock: threading.Lock = field(default_factory=threading.Lock)
