@@ -373,13 +373,18 @@ def run_demo(duration: float, directory: str, instance: int, mqtt: str = "",
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         p for p in (root, os.environ.get("PYTHONPATH", "")) if p))
 
-    def launch(name: str, argv: list[str], port: int, path: Path | None) -> bool:
-        """Start one part; False (after saying why) when it died or never became ready."""
+    def start(name: str, argv: list[str]) -> tuple[subprocess.Popen[bytes], Path]:
         log_path = work / f"{name.replace(' ', '-')}.log"
         with open(log_path, "wb") as log:
             proc = subprocess.Popen(argv, stdout=log, stderr=subprocess.STDOUT, cwd=work,
                                     env=env)
         procs.append(proc)
+        return proc, log_path
+
+    def ready(name: str, started: tuple[subprocess.Popen[bytes], Path], port: int,
+              path: Path | None) -> bool:
+        """False (after saying why) when the part died or never became ready."""
+        proc, log_path = started
         if _wait_ready(proc, port, path):
             return True
         code = proc.poll()
@@ -391,35 +396,46 @@ def run_demo(duration: float, directory: str, instance: int, mqtt: str = "",
 
     failed: list[str] = []
     try:
-        if own_broker:
-            from gateway.demo_broker import broker_command
-
-            broker_port = MQTT_BASE + offset
-            argv, kind = broker_command(broker_port, work)
-            if launch("mqtt broker", argv, broker_port, None):
-                print(f"  mqtt: {kind} broker on 127.0.0.1:{broker_port}")
-                sections.append(mqtt_section("127.0.0.1", broker_port, instance))
-            else:
-                failed.append("mqtt broker")
-        else:
+        if mqtt:
             host, _, port_text = mqtt.rpartition(":")
             if not host or not port_text.isdigit():
                 print(f"--mqtt {mqtt!r}: expected host:port, e.g. 192.168.1.10:1883",
                       file=sys.stderr)
                 return 2
+        # every part starts at once (their imports overlap), then each is waited for
+        broker_port = MQTT_BASE + offset
+        broker: tuple[subprocess.Popen[bytes], Path] | None = None
+        broker_kind = ""
+        if own_broker:
+            from gateway.demo_broker import broker_command
+
+            argv, broker_kind = broker_command(broker_port, work)
+            broker = start("mqtt broker", argv)
+        launched: dict[str, tuple[subprocess.Popen[bytes], Path]] = {}
+        for part in PARTS:
+            if part.module and importlib.util.find_spec(part.module) is not None:
+                launched[part.name] = start(
+                    f"{part.name} simulator",
+                    [sys.executable, "-m", part.module, *part.argv(offset, work)])
+        if broker is not None:
+            if ready("mqtt broker", broker, broker_port, None):
+                print(f"  mqtt: {broker_kind} broker on 127.0.0.1:{broker_port}")
+                sections.append(mqtt_section("127.0.0.1", broker_port, instance))
+            else:
+                failed.append("mqtt broker")
+        else:
+            host, _, port_text = mqtt.rpartition(":")
             sections.append(mqtt_section(host.strip("[]"), int(port_text), instance))
             print(f"  mqtt: your broker at {mqtt}")
         targets_ok = any(s.startswith("[mqtt]") for s in sections)
         for part in PARTS:
             if part.module:
-                if importlib.util.find_spec(part.module) is None:
+                if part.name not in launched:
                     print(f"  {part.name}: simulator {part.module} not installed, skipped")
                     continue
                 path = work / part.wait_path if part.wait_path else None
                 port = part.wait_port + offset if part.wait_port else 0
-                if not launch(f"{part.name} simulator",
-                              [sys.executable, "-m", part.module, *part.argv(offset, work)],
-                              port, path):
+                if not ready(f"{part.name} simulator", launched[part.name], port, path):
                     failed.append(part.name)
                     continue
                 print(f"  {part.name}: simulator {part.module} running")
