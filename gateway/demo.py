@@ -270,9 +270,10 @@ def render_view(state: dict[str, Any], header: str = "", width: int = 100) -> li
         members = ", ".join(f"{m['id']} {_fmt(m['target_current'])} A ({m['reason']})"
                             for m in g.get("members", []))
         failsafe = "  FAILSAFE" if g.get("failsafe") else ""
-        lines.append(f"  load sharing [{g['section']}]: {_fmt(current)} A allocated of a "
-                     f"{_fmt(breaker)} A breaker "
-                     f"[{bar}]{failsafe}")
+        drawn = g.get("drawn")
+        drawing = f"{_fmt(float(drawn))} A drawn, " if isinstance(drawn, (int, float)) else ""
+        lines.append(f"  load sharing [{g['section']}]: {drawing}{_fmt(current)} A allocated "
+                     f"of a {_fmt(breaker)} A breaker [{bar}]{failsafe}")
         if members:
             lines.append(f"    {members}"[:width])
     return lines

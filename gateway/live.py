@@ -13,6 +13,7 @@ Three sources, gathered in the supervisor's process without touching the transpo
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import pickle
 import threading
@@ -132,6 +133,11 @@ class GroupSource:
     breaker: float
     node: str = ""  # host:port, the node's own member id by default
 
+    @property
+    def node_status_url(self) -> str:
+        """The node's OpenEVSE-style ``/status`` (what it draws), beside its group status."""
+        return self.url.removesuffix("/loadsharing/status") + "/status"
+
 
 def group_sources(config: GatewayConfig) -> list[GroupSource]:
     found = []
@@ -154,12 +160,26 @@ def group_sources(config: GatewayConfig) -> list[GroupSource]:
     return found
 
 
+def drawn_current(node: dict[str, Any] | None, status: dict[str, Any]) -> float | None:
+    """Amps the group draws as its node reports them: its own charger and its peers
+    (``loadsharing_group_current_total`` of the node's ``/status``) plus the OpenEVSE members
+    it leads (their ``amp``, in mA). None when the node does not say."""
+    if not node or not isinstance(node.get("loadsharing_group_current_total"), (int, float)):
+        return None
+    total = float(node["loadsharing_group_current_total"])
+    for member in status.get("openevse_members") or []:
+        amp = member.get("amp") if isinstance(member, dict) else None
+        if isinstance(amp, (int, float)) and not isinstance(amp, bool):
+            total += amp / 1000.0
+    return round(total, 2)
+
+
 def summarize_group(source: GroupSource, status: dict[str, Any] | None,
-                    error: str = "") -> dict[str, Any]:
+                    error: str = "", node: dict[str, Any] | None = None) -> dict[str, Any]:
     """The page's view of one group: members, allocation and reason each, current vs breaker."""
     if status is None:
         return {"section": source.section, "reachable": False, "error": error,
-                "breaker": source.breaker, "members": [], "allocated": 0.0,
+                "breaker": source.breaker, "members": [], "allocated": 0.0, "drawn": None,
                 "failsafe": None, "limit": None}
     members = []
     for alloc in status.get("allocations", []) or []:
@@ -175,6 +195,7 @@ def summarize_group(source: GroupSource, status: dict[str, Any] | None,
     return {"section": source.section, "reachable": True, "error": "",
             "breaker": source.breaker, "members": members,
             "allocated": round(sum(m["target_current"] for m in members), 2),
+            "drawn": drawn_current(node, status),
             "failsafe": bool(status.get("failsafe_active")), "limit": status.get("limit"),
             "mode": status.get("mode", ""), "online": status.get("online_count"),
             "offline": status.get("offline_count")}
@@ -201,7 +222,11 @@ class GroupPoller:
                     try:
                         async with session.get(source.url) as response:
                             body = await response.json(content_type=None)
-                        self.groups[source.section] = summarize_group(source, body)
+                        node = None
+                        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
+                            async with session.get(source.node_status_url) as response:
+                                node = await response.json(content_type=None)
+                        self.groups[source.section] = summarize_group(source, body, node=node)
                     except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
                         self.groups[source.section] = summarize_group(
                             source, None, str(exc) or type(exc).__name__)

@@ -95,9 +95,12 @@ def _group_metrics(groups: list[dict[str, Any]]) -> Iterator[Metric]:
     breaker = GaugeMetricFamily(PREFIX + "loadsharing_breaker_amps",
                                 "the group's breaker (loadsharing_group_max_current)",
                                 labels=["section"])
-    allocated = GaugeMetricFamily(PREFIX + "loadsharing_group_current_amps",
+    allocated = GaugeMetricFamily(PREFIX + "loadsharing_allocated_amps",
                                   "sum of the currents allocated to the group's chargers",
                                   labels=["section"])
+    drawn = GaugeMetricFamily(PREFIX + "loadsharing_group_current_amps",
+                              "amps the group's chargers draw, as its node reports them",
+                              labels=["section"])
     limit = GaugeMetricFamily(PREFIX + "loadsharing_limit_amps",
                               "this node's own charger limit", labels=["section"])
     failsafe = GaugeMetricFamily(PREFIX + "loadsharing_failsafe",
@@ -114,12 +117,14 @@ def _group_metrics(groups: list[dict[str, Any]]) -> Iterator[Metric]:
         if not g["reachable"]:
             continue
         allocated.add_metric(section, g["allocated"])
+        if isinstance(g.get("drawn"), (int, float)):
+            drawn.add_metric(section, float(g["drawn"]))
         if isinstance(g.get("limit"), (int, float)):
             limit.add_metric(section, float(g["limit"]))
         failsafe.add_metric(section, 1.0 if g.get("failsafe") else 0.0)
         for m in g["members"]:
             alloc.add_metric([g["section"], m["id"], m["reason"]], m["target_current"])
-    yield from (breaker, allocated, limit, failsafe, reachable, alloc)
+    yield from (breaker, allocated, drawn, limit, failsafe, reachable, alloc)
 
 
 def render(live: LiveState) -> bytes:

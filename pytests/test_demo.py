@@ -109,6 +109,8 @@ def test_demo_reads_every_simulated_device(tmp_path: Path) -> None:
                          and s, timeout=60, interval=0.5)
         group = state["groups"][0]
         assert group["breaker"] == 32 and 0 < group["allocated"] <= 32
+        # what the group draws: this node's charger plus the OpenEVSE charger it leads
+        assert isinstance(group["drawn"], (int, float)) and group["drawn"] > 0
         assert expected <= {d["transport"] for d in state["devices"]}
         # a second demo as the same instance refuses before starting anything, names the
         # instance that would work, and leaves the first one alone

@@ -70,3 +70,14 @@ def test_group_summary_adds_allocations_and_marks_this_node() -> None:
                       "127.0.0.1:8190": ("this node", "equal_share")}
     down = summarize_group(source, None, "connection refused")
     assert down["reachable"] is False and down["error"] == "connection refused"
+
+
+def test_drawn_current_adds_the_led_openevse_members() -> None:
+    source = GroupSource("ls", "http://127.0.0.1:8190/loadsharing/status", 32.0,
+                         "127.0.0.1:8190")
+    assert source.node_status_url == "http://127.0.0.1:8190/status"
+    status = {"allocations": [], "openevse_members": [{"host": "a", "amp": 15500},
+                                                      {"host": "b", "amp": None}]}
+    group = summarize_group(source, status, node={"loadsharing_group_current_total": 16.0})
+    assert group["drawn"] == 31.5
+    assert summarize_group(source, status)["drawn"] is None
