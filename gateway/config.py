@@ -9,6 +9,12 @@ Precedence, later wins: the INI file, then ``PGW_<SECTION>_<KEY>`` environment v
 e.g. ``PGW_TRANSPORT_0_READ_INTERVAL``), then ``--set section.key=value`` (split after the
 longest section name of the file, else at the last dot: ``--set transport.0.read_interval=5``
 and ``--set rs485_bus.meter1.unit=2`` both work).
+
+Checks across sections (bridges, claims, warnings) are a list of functions at the end
+(:data:`CHECKS`, :data:`WARNINGS`): one more is a function and a line.
+
+Size: a little over the ~400-line guide: reading, overlaying, validating and the checks across
+sections share the problem type and its placement (file line or override), kept together.
 """
 
 from __future__ import annotations

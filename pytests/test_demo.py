@@ -21,8 +21,8 @@ from gateway.demo import (
     free_instance,
     port_free,
     refusal,
-    render_view,
 )
+from gateway.demo_view import render_view
 from pytests.gateway_proc import read_jsonl
 from pytests.helpers import wait_for
 
