@@ -42,6 +42,7 @@ def make_app(live: LiveState | Callable[[], list[dict[str, Any]]]) -> web.Applic
         live = LiveState(live)
     state = live
     page = _page()
+    closing = asyncio.Event()  # set on shutdown: open event streams end at once
 
     async def index(_: web.Request) -> web.Response:
         return web.Response(body=page, content_type="text/html", charset="utf-8",
@@ -67,11 +68,15 @@ def make_app(live: LiveState | Callable[[], list[dict[str, Any]]]) -> web.Applic
         await response.prepare(request)
         with contextlib.suppress(ConnectionError, asyncio.CancelledError):
             await response.write(b"retry: 2000\n\n")
-            while True:
+            while not closing.is_set():
                 data = json.dumps(state.state(), separators=(",", ":"), default=str)
                 await response.write(f"event: state\ndata: {data}\n\n".encode())
-                await asyncio.sleep(EVENT_INTERVAL)
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(closing.wait(), EVENT_INTERVAL)
         return response
+
+    async def on_shutdown(_: web.Application) -> None:
+        closing.set()
 
     async def metrics(_: web.Request) -> web.Response:
         from gateway import metrics as prom  # prometheus-client only when scraped
@@ -80,6 +85,7 @@ def make_app(live: LiveState | Callable[[], list[dict[str, Any]]]) -> web.Applic
                             headers={"Content-Type": prom.CONTENT_TYPE})
 
     app = web.Application()
+    app.on_shutdown.append(on_shutdown)
     app.router.add_get("/", index)
     app.router.add_get("/health", health)
     app.router.add_get("/api/transports", list_transports)
