@@ -264,10 +264,10 @@ def run_demo(duration: float, directory: str, instance: int, mqtt: str = "",
         procs.append(proc)
         return proc, log_path
 
-    def ready(name: str, started: tuple[subprocess.Popen[bytes], Path], port: int,
+    def ready(name: str, launched: tuple[subprocess.Popen[bytes], Path], port: int,
               path: Path | None) -> bool:
         """False (after saying why) when the part died or never became ready."""
-        proc, log_path = started
+        proc, log_path = launched
         if _wait_ready(proc, port, path):
             return True
         code = proc.poll()
@@ -340,8 +340,8 @@ def run_demo(duration: float, directory: str, instance: int, mqtt: str = "",
               f"status page:   {http}/   (JSON: {http}/api/state, Prometheus: {http}/metrics)\n"
               f"load sharing:  http://127.0.0.1:{NODE_BASE + offset}/loadsharing/status")
         if targets_ok:
-            broker = f"127.0.0.1:{MQTT_BASE + offset}" if own_broker else mqtt
-            print(f"home assistant: add the MQTT integration with broker {broker} (discovery "
+            where = f"127.0.0.1:{MQTT_BASE + offset}" if own_broker else mqtt
+            print(f"home assistant: add the MQTT integration with broker {where} (discovery "
                   f"prefix homeassistant); the demo's devices appear under MQTT > Devices."
                   + ("\n                the demo's broker listens on loopback only: run "
                      "with --mqtt <your-broker>:1883 to use Home Assistant's broker"
@@ -381,3 +381,5 @@ def run_demo(duration: float, directory: str, instance: int, mqtt: str = "",
                 proc.wait(10)
             except subprocess.TimeoutExpired:
                 proc.kill()
+        if procs:
+            print(f"demo stopped; its files stay in {work}", flush=True)
