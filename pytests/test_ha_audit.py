@@ -133,11 +133,11 @@ def test_every_entity_right_then_after_broker_and_transport_restarts(
         site: tuple[GatewayProcess, Mosquitto]) -> None:
     gateway, broker = site
     first = configs_of(audited(broker.port))
-    # the two inverters with one serial number: both appear, one qualified by its section
+    # every inverter its own device (the demo's TCP and bus inverters have distinct serials;
+    # one id in two sections is test_mqtt.py's test_one_device_id_in_two_sections_...)
     inverters = {c["device"]["identifiers"][0] for c in first.values()  # type: ignore[index]
-                 if c["device"].get("serial_number") == "SIM0000001"}  # type: ignore[union-attr]
-    assert len(inverters) == 2, inverters
-    assert "already used by section" in gateway.log_text()
+                 if str(c["device"].get("serial_number", "")).startswith("SIM")}  # type: ignore[union-attr]
+    assert len(inverters) == 2, sorted(inverters)
     # SDM630 set-up registers are read-only without the section's writable = key
     assert not [t for t in first if "/number/" in t and t.endswith("/modbus_address/config")]
 
