@@ -25,7 +25,7 @@ from websockets.sync.client import connect
 
 from gateway.message import Envelope
 from pytests.helpers import Harness, free_port, wait_for
-from pytests.loadsharing_sites import http
+from pytests.loadsharing_sites import charger_event, http
 from transports.loadsharing import config_sync as cs
 from transports.loadsharing.auth import GroupAuth
 from transports.loadsharing.members import MemberStore
@@ -42,7 +42,7 @@ BASE: dict[str, Any] = dict(
 
 
 def reading(state: int = 3, vehicle: int = 1) -> Envelope:
-    return Envelope("openevse", "reading", {
+    return charger_event("openevse", {
         "state_code": state, "vehicle_connected": vehicle, "pilot_current": 32,
         "charging_current": 10.0, "voltage": 240.0})
 

@@ -32,6 +32,8 @@ from protocols.rapi import RapiFrame, RapiGarbage, RapiParser, encode_command, e
 from protocols.rapi_values import HEARTBEAT_ACK, POLLED, Snapshot, set_current_step, value_specs
 from transports import register
 from transports.base import Transport, TransportContext
+from transports.charger import CHARGER, ChargerSettings
+from transports.rapi_charger import OWNER_ONLY, charger_status, user_request
 from transports.rapi_commands import CommandState, execute_command
 from transports.serial_link import OPEN_ERRORS, LinkDown, SerialLink
 
@@ -41,7 +43,7 @@ DEAD_AFTER_TIMEOUTS = 3
 MIN_POLL_GAP = 1.0
 
 
-class RapiSerialSettings(TransportSettings):
+class RapiSerialSettings(ChargerSettings, TransportSettings):
     port: str = Field(description="serial device, PTY path or socket://host:port")
     baudrate: int = Field(default=115200, gt=0, description="serial speed (ignored for TCP)")
     read_interval: float = Field(default=5.0, gt=0, description="seconds between status polls")
@@ -78,6 +80,7 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
     kind = "rapi_serial"
     Settings = RapiSerialSettings
     accepts = frozenset({"command"})
+    provides = frozenset({CHARGER})  # transports/charger.py, transports/rapi_charger.py
 
     def __init__(self, settings: RapiSerialSettings, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
@@ -381,6 +384,10 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
     # -- envelopes ------------------------------------------------------------------------
     async def _emit(self, kind: str, data: dict[str, Any], target: Any = None) -> None:
         await self.ctx.emit(kind, data, target=target, info=dict(self.info))
+        owner = self.settings.charger_owner
+        if kind == "reading" and owner:  # the Charger capability's reading, to its one writer
+            await self.ctx.emit("event", charger_status(data).event(), target=owner,
+                                info=dict(self.info))
 
     async def _status(self, available: bool, reason: str) -> None:
         """Availability, sent when it changes (once per outage, once per recovery)."""
@@ -396,8 +403,32 @@ class RapiSerialTransport(Transport[RapiSerialSettings]):
             await self._emit("event", spec)
             await self._emit("event", command_result(data, True, "ok"), target=reply_to)
             return
+        if await self._to_owner(data, reply_to):
+            return
         send = functools.partial(self._request, retries=1, dead_check=False)
         result = await execute_command(data, send, self._connected, self._commanded, self.log)
         self.ctx.counters.extra["rapi_commands"] += 1
         await self._emit("event", result, target=reply_to)
         self._wake.set()
+
+    async def _to_owner(self, data: dict[str, Any], source: str) -> bool:
+        """One writer: a grouped charger's current is written by its owner alone; another's
+        write goes to the owner as a request (it answers the requester). True when handled."""
+        owner = self.settings.charger_owner
+        if not owner or source == owner:
+            return False
+        if data.get("command") in OWNER_ONLY:
+            await self._emit("event", command_result(
+                data, False, "rejected", f"supervision of this charger belongs to [{owner}]"),
+                target=source)
+            return True
+        try:
+            request = user_request(data, source)
+        except ValueError as exc:
+            await self._emit("event", command_result(data, False, "rejected", str(exc)),
+                             target=source)
+            return True
+        if request is None:
+            return False
+        await self.ctx.emit("command", request.command(), target=owner)
+        return True

@@ -63,9 +63,7 @@ async def run_networked(t: LoadSharing) -> None:
     try:
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(t._first_status.wait(), FIRST_STATUS_WAIT)
-        initial = 0
-        if t._charger_limit is not None and not t._charger_paused:
-            initial = t._charger_limit
+        initial = t.charger_offers()
 
         def build() -> None:
             cfg = group_node_config(net)
@@ -88,8 +86,7 @@ async def run_networked(t: LoadSharing) -> None:
                           initial_limit=limit,
                           demanding=t._local is not None and t._local[0],
                           on_led=leading.on_led)
-            if t._local is not None:
-                t.node.set_local(t._local[0], **t._local[1])
+            t._show_local()
             t.log.info("node %s: group of %d (version %d), fallback %g A, view hold %.1f s",
                        net.node_id, len(cfg.members), net.group.version, cfg.fallback,
                        cfg.view_hold)

@@ -31,7 +31,9 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from transports.charger import ChargerStatus
 from transports.loadsharing.auth import GroupAuth
+from transports.loadsharing.demand import wire_state
 from transports.loadsharing.settings import MSG_READ_ONLY as READ_ONLY_MSG
 
 #: the group keys a controller pushes; a member stores them and shows them in ``GET /config``
@@ -291,27 +293,22 @@ class OpenEvseMemberNode:
         await self.api.stop()
 
     # -- the charger ------------------------------------------------------------------------
-    def charger_reading(self, data: dict[str, Any]) -> None:
-        """A RAPI reading (``state_code``, ``charging_current`` A, ``pilot_current`` ...)."""
-        cur = data.get("charging_current")
-        if isinstance(cur, (int, float)):
-            self.charger["amp"] = round(cur * 1000)
-        for src, dst in (("voltage", "voltage"), ("pilot_current", "pilot"),
-                         ("state_code", "state")):
-            if isinstance(data.get(src), (int, float)):
-                self.charger[dst] = data[src]
-        if "vehicle_connected" in data:
-            self.charger["vehicle"] = 1 if data["vehicle_connected"] in (1, True) else 0
-        self._charger_seen.set()
-        self.api.hub.publish(self.status())
+    def charger_reading(self, status: ChargerStatus) -> None:
+        """The charger's status (the Charger capability, ``transports/charger.py``)."""
+        self.charger_shown({"amp": status.measured_current or 0.0,
+                            "voltage": status.voltage or 0.0,
+                            "pilot": status.offered_current or 0.0,
+                            "state": wire_state(status),
+                            "vehicle": 1 if status.vehicle_connected else 0})
 
     def charger_shown(self, shown: dict[str, Any]) -> None:
-        """The loadsharing transport's view of its charger (``amp`` in A, as it keeps it)."""
-        self.charger_reading({"charging_current": shown.get("amp", 0.0),
-                              "voltage": shown.get("voltage", 0.0),
-                              "pilot_current": shown.get("pilot", 0.0),
-                              "state_code": shown.get("state", 0),
-                              "vehicle_connected": shown.get("vehicle", 0)})
+        """The charger as OpenEVSE's wire shows it (``amp`` in A, as the transport keeps it)."""
+        self.charger.update({"amp": round(float(shown.get("amp", 0.0)) * 1000),
+                             "voltage": shown.get("voltage", 0.0),
+                             "pilot": shown.get("pilot", 0.0), "state": shown.get("state", 0),
+                             "vehicle": shown.get("vehicle", 0)})
+        self._charger_seen.set()
+        self.api.hub.publish(self.status())
 
     async def _command(self, data: dict[str, Any]) -> None:
         await self.command({**data, "request_id": f"ls-member-{next(self._ids)}"})
@@ -348,13 +345,11 @@ class OpenEvseMemberNode:
                 else:
                     self.log.info("member failsafe cleared by a frame from the controller")
             if amps is None and self.sent is not None:
-                # left the group (the controller's reset): the charger's own max, once
-                self.log.info("left the group: charger back to its own max")
-                await self._command({"command": "set_current", "amps": self.state.max_current,
-                                     "volatile": True})
-                if self.paused:
-                    await self._command({"command": "enable"})
-                    self.paused = False
+                # left the group (the controller's reset): the failsafe current, never the
+                # charger's own maximum (nobody stands behind a higher value any more)
+                safe = int(float(self.state.config["loadsharing_failsafe_safe_current"]))
+                self.log.info("left the group: charger at the failsafe current %d A", safe)
+                await self._apply(safe if safe >= self.state.charger_min else 0)
                 self.sent = None
             if amps is not None and amps != self.sent:
                 self.log.debug("charger limit %s A (%s)", amps, reason)

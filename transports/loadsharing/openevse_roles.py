@@ -140,13 +140,21 @@ async def _member(t: LoadSharing, bind: str, port: int, me: str,
     t.log.info("OpenEVSE member on %s: waiting for a controller's push", me)
     last: int | None = None
     shown = Shown(t, me)
+    # the INI is a ceiling: a controller's frame may lower the charger, never raise it above
+    # this node's group maximum (when set) or the charger's maximum (docs/loadsharing.md)
+    ceiling = s.loadsharing_group_max_current * s.loadsharing_safety_factor
     try:
         while not t.ctx.stopping.is_set():
             if t._local is not None:
                 node.charger_shown(t._local[1])
+            state.max_current = t.writer.allocation_max()  # what the controller allocates from
             amps, _ = state.limit(time.monotonic())
+            if amps is not None and ceiling > 0:
+                amps = min(amps, int(ceiling))
             if amps is None and last is not None:
-                amps = s.loadsharing_max_current  # left the group: the charger's own max
+                # left the group: the failsafe current, never the charger's own maximum; the
+                # masterless node that follows raises it only on agreement
+                amps = int(s.fallback_current)
             if amps is not None and amps != last:
                 t._on_limit(amps)
                 last = amps if state.is_member else None
@@ -274,7 +282,7 @@ async def _controller(t: LoadSharing, bind: str, port: int, me: str) -> None:
     from transports.loadsharing.http_api import HttpApi
 
     s = t.settings
-    demanding: bool | None = None
+    demanding: tuple[bool, int] | None = None
     shown = Shown(t, me)
     ctl = OpenEvseController(me, group_settings(t), log=t.log, on_local_limit=t._on_limit)
     store = MemberStore(t.ctx.state_dir, t.log)
@@ -287,10 +295,11 @@ async def _controller(t: LoadSharing, bind: str, port: int, me: str) -> None:
     t.log.info("OpenEVSE controller on %s with %d member(s)", me, len(store.peers))
     try:
         while not t.ctx.stopping.is_set():
-            if t._local is not None and t._local[0] != demanding:
-                demanding = t._local[0]
-                ctl.set_local(t._local[0], s.loadsharing_min_current,
-                              s.loadsharing_max_current, s.loadsharing_priority)
+            local = (t._local[0], t.writer.allocation_max()) if t._local is not None else None
+            if local is not None and local != demanding:
+                demanding = local
+                ctl.set_local(local[0], s.loadsharing_min_current, local[1],
+                              s.loadsharing_priority)
             api.hub.publish(service.status())  # uptime moves: /ws never goes silent
             states = list(ctl.last_plan.states.values()) if ctl.last_plan else []
             online = sum(1 for x in states if x == "online")

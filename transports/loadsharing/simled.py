@@ -179,7 +179,7 @@ class Firmware:
 
     def apply(self, target: float, force_disabled: bool) -> None:
         amps = charger_limit(target, force_disabled, self.min_current)
-        self.charger.command(0 if amps is None else min(amps, self.max_current))
+        self.charger.offer(0 if amps is None else min(amps, self.max_current))
 
 
 class MixedGroup(SimGroup):

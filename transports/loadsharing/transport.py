@@ -2,14 +2,13 @@
 
 The protocol is :class:`~transports.loadsharing.node.Node`; this module only moves things:
 
-- readings from the ``charger`` section (a ``rapi_serial`` transport: ``state_code``,
-  ``pilot_current``, ``charging_current``, ``voltage``, ``vehicle_connected``) become the node's
-  local status;
-- the node's limit becomes commands to that section: ``set_current`` (volatile), ``sleep`` for
-  0 (``disable`` when the group is in disable-mode failsafe) and ``enable`` to resume; a lower
-  limit goes out at once, a command only when the limit changes;
-- ``$SY`` supervision: ``heartbeat`` configured with the fallback current and pulsed from here,
-  so a dead gateway *or* a dead load-sharing process leaves the charger at the safe current;
+- the ``charger`` section is a Charger (``transports/charger.py``): its status events become
+  the node's local status, and this node is the one writer of its current: the node's limit and
+  the user's preference (writes from MQTT, REST or any transport, forwarded here by the charger
+  section) meet in :class:`~transports.loadsharing.charger_writer.ChargerWriter`, which also puts
+  back a charger found above its limit; a lower limit goes out at once;
+- supervision: configured with the fallback current and pulsed from here, so a dead gateway
+  *or* a dead load-sharing process leaves the charger at the safe current;
 - peers: part 1 carries reports as JSON datagrams over UDP between ``listen`` and ``peers``
   addresses (loopback in the tests and the demo); with ``node_listen`` the reports go over
   HTTP/WebSocket instead, OpenEVSE's wire (``network.py``, docs/loadsharing_network.md).
@@ -29,7 +28,21 @@ from gateway.instance import offset_address
 from gateway.message import COMMAND, EVENT, READING, STATUS, Envelope, ValueSpec, describe_event
 from transports import register
 from transports.base import Transport, TransportContext
+from transports.charger import (
+    REQUEST_COMMAND,
+    STATUS_EVENT,
+    AcknowledgeMissed,
+    ChargerStatus,
+    Command,
+    Pulse,
+    Supervise,
+    UserRequest,
+    command,
+    missed_pulse,
+)
 from transports.loadsharing import allocation as al
+from transports.loadsharing.charger_writer import ChargerWriter, PreferenceStore
+from transports.loadsharing.demand import wire_state
 from transports.loadsharing.messages import MessageError, Report, decode, encode
 from transports.loadsharing.network import NetworkNode
 from transports.loadsharing.networked import run_networked
@@ -115,7 +128,7 @@ def node_config(s: LoadSharingSettings, instance: int = 0) -> NodeConfig:
 class LoadSharing(Transport[LoadSharingSettings]):
     kind = "loadsharing"
     Settings = LoadSharingSettings
-    accepts: ClassVar[frozenset[str]] = frozenset({READING, EVENT, STATUS})
+    accepts: ClassVar[frozenset[str]] = frozenset({READING, EVENT, STATUS, COMMAND})
 
     def __init__(self, settings: LoadSharingSettings, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
@@ -125,12 +138,17 @@ class LoadSharing(Transport[LoadSharingSettings]):
         self.link_failure = FailureLog(self.log, "load-sharing peer link")
         self.charger_failure = FailureLog(self.log, f"charger {settings.charger!r} commands")
         self._udp: UdpLink | None = None
-        self._commands: asyncio.Queue[int] = asyncio.Queue()
+        self._kick = asyncio.Event()  # the command loop has work
+        self._new_limit: int | None = None  # the node's latest limit, not yet handled
+        self._outbox: list[Command] = []
         self._first_status = asyncio.Event()
-        self._charger_limit: int | None = None  # what the charger offers, as it reports
-        self._charger_paused = False
-        self._sent_limit: int | None = None
-        self._paused = False
+        self.charger_status: ChargerStatus | None = None  # the charger's latest status
+        self.preferences = PreferenceStore(ctx.state_dir, self.log)
+        self.writer = ChargerWriter(
+            max_current=settings.loadsharing_max_current,
+            min_current=settings.loadsharing_min_current,
+            grace=min(1.0, settings.loadsharing_response_time / 2),
+            preference=self.preferences.load(), log=self.log)
         self._ids = itertools.count(1)
         self._last_reading = 0.0
         self._last_shown: tuple[Any, ...] = ()
@@ -164,9 +182,8 @@ class LoadSharing(Transport[LoadSharingSettings]):
             return
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(self._first_status.wait(), FIRST_STATUS_WAIT)
-        initial = 0
-        if self._charger_limit is not None and not self._charger_paused:
-            initial = self._charger_limit  # the node lowers it to the fallback at once
+        initial = self.charger_offers()  # the node lowers it to the fallback at once
+        self.take_over()
         link = self._udp if self._udp is not None else NoLink()
         self.node = Node(
             node_config(s, self.ctx.general.instance), MonotonicClock(), link, self._on_limit,
@@ -178,8 +195,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
             self.node.config.node_id, len(self.node.config.members), s.fallback_current,
             self.node.config.view_hold,
         )
-        if self._local is not None:
-            self.node.set_local(self._local[0], **self._local[1])
+        self._show_local()
         await self._start_supervision()
         workers = [asyncio.create_task(self._command_loop())]
         if s.charger_heartbeat > 0:
@@ -203,6 +219,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
         configured = self.settings.loadsharing_role
         while not self.ctx.stopping.is_set():
             self.switch_role.clear()
+            self.take_over()
             pushed = None if configured else self.roles.load()
             if configured or pushed is not None:
                 await run_openevse_role(self, configured or "member", pushed)
@@ -247,73 +264,115 @@ class LoadSharing(Transport[LoadSharingSettings]):
         self.node.receive(report)
 
     # -- the charger ----------------------------------------------------------------------------
+    def charger_offers(self) -> int:
+        """What the charger offers now, as it last reported (0: paused or unknown)."""
+        st = self.charger_status
+        if st is None or st.paused or st.offered_current is None:
+            return 0
+        return int(st.offered_current)
+
+    def take_over(self) -> None:
+        """A node or role starts driving the charger: its first limit goes out whatever was
+        sent before (a role change or a new node never leaves an old value standing)."""
+        self.writer.restart()
+        self._new_limit = None
+        self._outbox.clear()
+
     async def receive(self, envelope: Envelope) -> None:
         if envelope.source_transport != self.settings.charger:
             return
         data = envelope.data
-        if envelope.kind == READING:
-            self._charger_reading(data)
+        if envelope.kind == COMMAND and data.get("command") == REQUEST_COMMAND:
+            await self._user_request(data)
+        elif envelope.kind == EVENT and data.get("event") == STATUS_EVENT:
+            try:
+                status = ChargerStatus.from_event(data)
+            except ValueError as exc:
+                self.ctx.counters.error(f"charger status: {exc}")
+                self.log.warning("bad status from charger %s: %s", self.settings.charger, exc)
+                return
+            self._charger_reading(status)
         elif envelope.kind == EVENT and data.get("event") == "command_result":
             if data.get("ok"):
                 self.charger_failure.recovered()
             else:
                 self.charger_failure.failed(f"{data.get('command')}: {data.get('result')} "
                                             f"{data.get('detail', '')}")
-                if data.get("command") == "heartbeat" and data.get("trigger") == 2:
-                    await self._acknowledge_missed_heartbeat()
+                if missed_pulse(data):
+                    self._queue([AcknowledgeMissed(), *self.writer.resend(time.monotonic())])
 
-    def _charger_reading(self, data: dict[str, Any]) -> None:
-        state = data.get("state_code")
-        if state is not None and (isinstance(state, bool) or not isinstance(state, int)):
-            self.ctx.counters.error(f"charger state_code is not an integer: {state!r}")
-            self.log.warning("charger reading with a bad state_code: %r", state)
-            return
-        pilot = _number(data.get("pilot_current"))
-        if pilot is not None:
-            self._charger_limit = int(pilot)
-        if state is not None:
-            self._charger_paused = state in (0xFE, 0xFF)
-        demanding = self.demand.update(state, data.get("vehicle_connected"))
+    async def _user_request(self, data: dict[str, Any]) -> None:
+        """A write to the charger by someone else (MQTT, REST, a transport), forwarded by the
+        charger section: it becomes this member's preference; the requester is told what was
+        applied and why."""
+        reply_to = str(data.get("reply_to", ""))
+        try:
+            req = UserRequest.from_command(data)
+        except ValueError as exc:
+            result = {"ok": False, "result": "rejected", "detail": str(exc)}
+        else:
+            cmds, result = self.writer.request(req, time.monotonic())
+            self.preferences.save(self.writer.preference)
+            self.log.info("user request %s: %s", data.get("request_id", ""), result["detail"])
+            self._queue(cmds)
+            self._show_local()
+        if reply_to:
+            answer = {"event": "command_result", "command": data.get("command", ""),
+                      "request_id": data.get("request_id", ""), **result}
+            if data.get("device"):
+                answer["device"] = data["device"]
+            await self.ctx.emit(EVENT, answer, target=reply_to)
+
+    def _charger_reading(self, status: ChargerStatus) -> None:
+        self.charger_status = status
+        self.demand.update(status)
         self._first_status.set()
-        vehicle = data.get("vehicle_connected")
+        self._show_local()
+        self._queue(self.writer.on_status(status, time.monotonic()))
+
+    def local_demand(self) -> bool:
+        """The EV wants charge and the user hasn't paused this charger."""
+        return self.demand.demanding and self.writer.wants_charge
+
+    def _show_local(self) -> None:
+        """The charger's status to the node (demand, what peers display, the user's max)."""
+        st = self.charger_status
+        if st is None:
+            return
         shown = {
-            "amp": _number(data.get("charging_current")) or 0.0,
-            "voltage": _number(data.get("voltage")) or 0.0,
-            "pilot": pilot or 0.0,
-            "state": state if isinstance(state, int) else 0,
-            "vehicle": 1 if vehicle in (1, True) else 0,
+            "amp": st.measured_current or 0.0,
+            "voltage": st.voltage or 0.0,
+            "pilot": st.offered_current or 0.0,
+            "state": wire_state(st),
+            "vehicle": 1 if st.vehicle_connected else 0,
         }
-        self._local = (demanding, shown)
+        self._local = (self.local_demand(), shown)
         if self.node is not None:
-            self.node.set_local(demanding, **shown)
+            self.node.set_local(self._local[0], max_current=self.writer.allocation_max(),
+                                **shown)
 
     def _on_limit(self, amps: int) -> None:
-        """From the node (synchronous): queue it; the command loop sends in order."""
+        """From the node or role (synchronous): the command loop sends it, newest first."""
         self.demand.commanded(amps)
-        self._commands.put_nowait(amps)
+        self._new_limit = amps
+        self._kick.set()
+
+    def _queue(self, cmds: list[Command]) -> None:
+        if cmds:
+            self._outbox.extend(cmds)
+            self._kick.set()
 
     async def _command_loop(self) -> None:
         while True:
-            amps = await self._commands.get()
-            while not self._commands.empty():  # only the newest limit matters
-                amps = self._commands.get_nowait()
-            if amps == self._sent_limit:
-                continue
-            await self._apply(amps)
-
-    async def _apply(self, amps: int) -> None:
-        if amps == 0:
-            disable = self.settings.loadsharing_failsafe_mode == "disable" and (
-                self.node is not None and self.node.mode == FAILSAFE
-            )
-            await self._command({"command": "disable" if disable else "sleep"})
-            self._paused = True
-        else:
-            await self._command({"command": "set_current", "amps": amps, "volatile": True})
-            if self._paused or self._sent_limit is None:
-                await self._command({"command": "enable"})
-                self._paused = False
-        self._sent_limit = amps
+            await self._kick.wait()
+            self._kick.clear()
+            if self._new_limit is not None:
+                amps, self._new_limit = self._new_limit, None
+                stop = amps == 0 and self.settings.loadsharing_failsafe_mode == "disable" and (
+                    self.node is not None and self.node.mode == FAILSAFE)
+                self._outbox.extend(self.writer.set_limit(amps, time.monotonic(), stop=stop))
+            while self._outbox:
+                await self._command(command(self._outbox.pop(0)))
 
     async def _command(self, data: dict[str, Any]) -> None:
         data = {**data, "request_id": f"{self.ctx.name}-{next(self._ids)}"}
@@ -325,23 +384,14 @@ class LoadSharing(Transport[LoadSharingSettings]):
     async def _start_supervision(self) -> None:
         s = self.settings
         if s.charger_heartbeat > 0:
-            await self._command({
-                "command": "heartbeat", "interval": s.charger_heartbeat,
-                "amps": int(s.fallback_current), "self_pulse": False,
-            })
+            await self._command(command(Supervise(s.charger_heartbeat,
+                                                  int(s.fallback_current))))
 
     async def _pulse_loop(self) -> None:
         every = max(1.0, self.settings.charger_heartbeat / 3)
         while True:
             await asyncio.sleep(every)
-            await self._command({"command": "heartbeat"})
-
-    async def _acknowledge_missed_heartbeat(self) -> None:
-        """$SY 165 restores the configured max: re-send our limit right after."""
-        await self._command({"command": "heartbeat", "acknowledge": True})
-        if self._sent_limit is not None:
-            limit, self._sent_limit = self._sent_limit, None
-            await self._apply(limit)
+            await self._command(command(Pulse()))
 
     # -- what this node shows -------------------------------------------------------------------
     async def _show(self) -> None:
@@ -366,12 +416,6 @@ class LoadSharing(Transport[LoadSharingSettings]):
             "loadsharing_online_count": snap["online_count"],
             "loadsharing_offline_count": snap["offline_count"],
         }, info={"transport_name": self.ctx.name, "device_identifier": n.config.node_id})
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
 
 
 def _specs() -> list[ValueSpec]:
