@@ -25,6 +25,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 
 import transports
+from gateway import references
 from gateway.settings import GeneralSettings, TransportSettings
 
 GENERAL = "general"
@@ -277,10 +278,14 @@ def load_config(
             configs[section] = TransportConfig(section, kind, model)
 
     problems += _cross_check(configs, raw, source, lines)
+    ref_errors, ref_warnings = references.check(configs, source, lines, ConfigProblem,
+                                                    set(raw) - {GENERAL})
+    problems += ref_errors
+    warnings += ref_warnings
     if problems:
         raise ConfigError(problems)
     assert isinstance(general_model, GeneralSettings)
-    return GatewayConfig(source, general_model, configs, warnings)
+    return GatewayConfig(source, general_model, references.resolve(configs), warnings)
 
 
 def _cross_check(

@@ -352,7 +352,7 @@ def _role_settings(**extra: Any) -> Any:
     return LoadSharingSettings(**{
         "transport": "loadsharing", "charger": "rapi", "loadsharing_enabled": True,
         "loadsharing_heartbeat_timeout": T, "loadsharing_response_time": 1.0,
-        "charger_heartbeat": 0, "discovery": False, **extra})
+        "charger_heartbeat": 0, "discovery": False, "loadsharing_api_open": True, **extra})
 
 
 def _charging(amps: float) -> Envelope:

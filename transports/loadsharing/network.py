@@ -24,7 +24,7 @@ import aiohttp
 from gateway.backoff import Backoff
 from gateway.instance import default_base_name, mdns_name, offset_port
 from transports.loadsharing import config_sync as cs
-from transports.loadsharing.auth import GroupAuth
+from transports.loadsharing.auth import auth_from
 from transports.loadsharing.discovery import Discovery
 from transports.loadsharing.http_api import HttpApi
 from transports.loadsharing.members import MemberStore, valid_host
@@ -58,11 +58,7 @@ class NetworkNode(RestService):
         shown = socket.gethostname() if host in _WILDCARD else host
         self.node_id = s.node_host or f"{shown}:{self.port}"
         self.device_id = hashlib.sha256(self.node_id.encode()).hexdigest()[:12]
-        secret = s.loadsharing_group_secret
-        token = s.loadsharing_api_token
-        self.auth = GroupAuth(secret.get_secret_value() if secret else "",
-                              token.get_secret_value() if token else "",
-                              s.loadsharing_auth_window)
+        self.auth = auth_from(s)
         state = t.ctx.state_dir
         self.members = MemberStore(state, self.log)
         self.config = cs.ConfigStore(state, self.log, ini_values(s), self_host=self.node_id,

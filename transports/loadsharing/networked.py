@@ -30,7 +30,8 @@ def group_node_config(net: NetworkNode) -> Any:
     from transports.loadsharing import allocation as al
     from transports.loadsharing.transport import node_config
 
-    s, v = net.t.settings, net.group.values
+    s = net.t.settings
+    v = s.bounded(net.group.values)  # the INI is the ceiling of what sync brought
     members = net.group.members
     disable = v["loadsharing_failsafe_mode"] == "disable"
     ceiling = v["loadsharing_group_max_current"] * v["loadsharing_safety_factor"]

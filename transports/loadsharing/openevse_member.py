@@ -55,6 +55,12 @@ def validate(cfg: dict[str, Any]) -> str | None:
         assumed = float(cfg["loadsharing_failsafe_peer_assumed_current"])
     except (TypeError, ValueError):
         return "Could not parse JSON"
+    for key, value in (("loadsharing_group_max_current", gmax),
+                       ("loadsharing_safety_factor", sf), ("loadsharing_heartbeat_timeout", hb),
+                       ("loadsharing_failsafe_safe_current", safe),
+                       ("loadsharing_failsafe_peer_assumed_current", assumed)):
+        if not math.isfinite(value):
+            return f"{key} must be a finite number"
     if not gmax >= 0:
         return "loadsharing_group_max_current must be >= 0"
     if not 0.0 <= sf <= 1.0:
@@ -249,7 +255,7 @@ class OpenEvseMemberNode:
     def __init__(self, state: MemberState, command: Command, *, listen_port: int = 0,
                  listen_host: str = "127.0.0.1", advertised: str = "",
                  charger_heartbeat: int = 0, keepalive: float = 2.0,
-                 log: logging.Logger | None = None) -> None:
+                 log: logging.Logger | None = None, auth: GroupAuth | None = None) -> None:
         from transports.loadsharing.http_api import HttpApi
 
         self.state = state
@@ -260,7 +266,8 @@ class OpenEvseMemberNode:
         self.charger_heartbeat = charger_heartbeat
         self.keepalive = keepalive
         self.log = log or logging.getLogger("loadsharing.openevse_member")
-        self.auth = GroupAuth()
+        # an OpenEVSE controller sends no credentials: open unless the caller says otherwise
+        self.auth = auth if auth is not None else GroupAuth(open_mode=True)
         self.api = HttpApi(self, self.log)
         self.started = time.monotonic()
         self.charger: dict[str, Any] = {"amp": 0, "voltage": 240, "pilot": 0, "state": 0,

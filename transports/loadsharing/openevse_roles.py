@@ -23,7 +23,7 @@ import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from transports.loadsharing.auth import GroupAuth
+from transports.loadsharing.auth import auth_from
 from transports.loadsharing.members import MemberStore, valid_host
 from transports.loadsharing.openevse_controller import GroupSettings, OpenEvseController
 from transports.loadsharing.openevse_member import (
@@ -135,7 +135,7 @@ async def _member(t: LoadSharing, bind: str, port: int, me: str,
         return None  # the limit goes through the transport's queue below
 
     node = OpenEvseMemberNode(state, no_command, listen_port=port, listen_host=bind,
-                              advertised=me, log=t.log)
+                              advertised=me, log=t.log, auth=auth_from(s))
     await node.start()
     t.log.info("OpenEVSE member on %s: waiting for a controller's push", me)
     last: int | None = None
@@ -181,7 +181,7 @@ class ControllerService:
     def __init__(self, t: LoadSharing, ctl: OpenEvseController, store: MemberStore,
                  me: str) -> None:
         self.t, self.ctl, self.store, self.me = t, ctl, store, me
-        self.auth = GroupAuth()
+        self.auth = auth_from(t.settings)
         self.started = time.monotonic()
 
     def status(self) -> dict[str, Any]:
@@ -213,7 +213,7 @@ class ControllerService:
         if "loadsharing_role" in keys and keys["loadsharing_role"] != "controller":
             return 403, {"msg": "the role of this node is set in its configuration file"}
         merged = {**self.config_view(), **keys}
-        why = validate(merged)
+        why = validate(merged) or self.t.settings.above_ceiling(keys)
         if why is not None:
             return 400, {"msg": why}
         g = self.ctl.settings

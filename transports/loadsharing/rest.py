@@ -63,6 +63,8 @@ class RestService:
         synced = {k: ls[k] for k in cs.SYNCED if k in ls}
         merged = {**self.group.values, **synced}
         msg = cs.check_group(merged, len(self.group.members)) if synced else None
+        if msg is None:
+            msg = self.t.settings.above_ceiling(synced)
         if msg is None and "loadsharing_priority" in ls:
             p = ls["loadsharing_priority"]
             if isinstance(p, bool) or not isinstance(p, int):

@@ -12,11 +12,14 @@ whole group in failsafe fits under the breaker.
 
 from __future__ import annotations
 
+import math
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from gateway.references import Reference
 from gateway.settings import StrList, TransportSettings
+from transports.charger import CHARGER
 from transports.loadsharing.net_settings import NetworkKeys
 
 FailsafeMode = Literal["safe_current", "disable"]
@@ -39,6 +42,9 @@ MSG_ASSUMED_UNDER_SAFE = (
 
 def _range(lo: float, hi: float, msg: str) -> Any:
     def check(value: float) -> float:
+        if not math.isfinite(value):
+            key = msg.split(" must ", maxsplit=1)[0]
+            raise ValueError(f"{key} must be a finite number, got {value!r}")
         if not lo <= value <= hi:
             raise ValueError(msg)
         return value
@@ -62,10 +68,14 @@ def check_keys(values: dict[str, Any]) -> str | None:
     """
     for key, rule in _RULES.items():
         if key in values:
-            try:
-                rule(float(values[key]))
-            except (TypeError, ValueError):
+            raw = values[key]
+            if isinstance(raw, bool) or not isinstance(raw, int | float | str):
                 return _message(key)
+            try:
+                rule(float(raw))
+            except (TypeError, ValueError) as exc:
+                finite = "finite" in str(exc)
+                return str(exc) if finite else _message(key)
     mode = values.get("loadsharing_failsafe_mode")
     if mode is not None and mode not in ("safe_current", "disable"):
         return MSG_MODE
@@ -98,6 +108,8 @@ def parse_address(text: str) -> tuple[str, int]:
 
 class LoadSharingSettings(NetworkKeys, TransportSettings):
     """Everything a node needs; group keys must be equal on every member (docs/loadsharing.md)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)  # inf/nan/1e309 is no current
 
     loadsharing_enabled: bool = Field(
         default=False, description="false: the node takes part in nothing and commands nothing"
@@ -246,6 +258,60 @@ class LoadSharingSettings(NetworkKeys, TransportSettings):
         if self.loadsharing_failsafe_mode == "disable":
             return 0.0
         return self.loadsharing_failsafe_safe_current
+
+    def above_ceiling(self, values: dict[str, Any]) -> str | None:
+        """Why network-given group values would raise what the INI allows, or None.
+
+        The INI is the ceiling (docs/loadsharing.md): a push, a config sync or a controller
+        may lower the group maximum and the safety factor, never raise them above the file's.
+        """
+        for key in ("loadsharing_group_max_current", "loadsharing_safety_factor"):
+            if key not in values:
+                continue
+            try:
+                value = float(values[key])
+            except (TypeError, ValueError):
+                continue  # check_keys says what is wrong with it
+            ini = float(getattr(self, key))
+            if value > ini:
+                return (f"{key} {value:g} is above this node's configuration file ({ini:g}): "
+                        "the INI is the ceiling; a write may only lower it")
+        return None
+
+    def bounded(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Synced group values within the INI's bounds: group maximum and safety factor no
+        higher, the reserve for an offline peer no lower."""
+        out = dict(values)
+        for key in ("loadsharing_group_max_current", "loadsharing_safety_factor"):
+            out[key] = min(float(out[key]), float(getattr(self, key)))
+        key = "loadsharing_failsafe_peer_assumed_current"
+        out[key] = max(float(out[key]), float(getattr(self, key)))
+        return out
+
+    def references(self) -> list[Reference]:
+        """``charger`` names a Charger section that bridges back; while load sharing is on,
+        this section is its one writer (``charger_owner``, gateway/references.py)."""
+        return [Reference("charger", self.charger, CHARGER,
+                          owner_key="charger_owner" if self.loadsharing_enabled else "")]
+
+    def advice(self) -> list[tuple[str, str]]:
+        """(key, warning) for ``check``: valid, but probably not what was meant."""
+        out = []
+        secret, token = self.loadsharing_group_secret, self.loadsharing_api_token
+        if self.loadsharing_api_open:
+            if secret or token:
+                out.append(("loadsharing_api_open", "open mode: the api token and the group "
+                            "secret are not asked for on writes"))
+        elif token and not secret and self.node_listen:
+            out.append(("loadsharing_api_token", "a token without loadsharing_group_secret: "
+                        "people can write, but peers' config pushes and member adds are "
+                        "refused; set the same secret on every member (or "
+                        "loadsharing_api_open = true on a trusted LAN)"))
+        elif not token and not secret and self.node_listen and self.loadsharing_enabled:
+            out.append(("node_listen", "writes to this node's API are refused (no "
+                        "loadsharing_api_token or loadsharing_group_secret): members can't be "
+                        "added; set one, or loadsharing_api_open = true for OpenEVSE peers"))
+        return out
 
     def claims(self) -> list[tuple[str, str]]:
         claims = [("udp listen", self.listen)] if self.listen else []

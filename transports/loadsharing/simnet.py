@@ -31,7 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from simulators.ev_model import EvModel
-from transports.charger import ChargerStatus, Command, Pause, Resume, SetLimit
+from transports.charger import ChargerStatus, Command, Pause, Resume, SetLimit, UserRequest
 from transports.loadsharing import allocation as al
 from transports.loadsharing.charger_writer import ChargerWriter, Preference
 from transports.loadsharing.demand import wire_state
@@ -195,9 +195,12 @@ class SimCharger:
     lose_writes: float = 0.0  # probability a write is lost on the way
     rng: random.Random | None = None
 
+    lost: list[float] = field(default_factory=list)  # when writes were lost
+
     def command(self, cmd: Command) -> None:
         """A Charger command; reaches the controller after the write (or is lost)."""
         if self.rng is not None and self.rng.random() < self.lose_writes:
+            self.lost.append(self.sched.time)
             return
         self.sched.after(self.write_delay, lambda: self._take(cmd))
 
@@ -383,11 +386,26 @@ class SimGroup:
         if m.node is None:
             return
         c = m.charger
+        for cmd in m.writer.on_status(c.status(), m.clock.now()):  # the watchdog
+            c.command(cmd)
         demanding = m.demand.update(c.status()) and m.writer.wants_charge
         top = m.writer.allocation_max()
         if demanding != m.node.status.demanding or top != m.node.status.max_current:
             m.node.set_local(demanding, state=c.state_code(), vehicle=int(c.ev.plugged),
                              max_current=top)
+
+    def user_write(self, nid: str, amps: float | None = None,
+                   charging: bool | None = None) -> dict[str, Any]:
+        """A person's write (MQTT, REST): through the node's writer; what it answered."""
+        m = self.members[nid]
+        if m.node is None:  # the gateway is down: nobody takes the write
+            return {"ok": False, "result": "error", "detail": "node down"}
+        cmds, answer = m.writer.request(UserRequest(amps=amps, charging=charging),
+                                        m.clock.now())
+        for cmd in cmds:
+            m.charger.command(cmd)
+        self._refresh(m)
+        return answer
 
     def _tick(self) -> None:
         for m in self.members.values():
