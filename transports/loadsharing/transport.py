@@ -277,6 +277,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
         self.writer.restart()
         self._new_limit = None
         self._outbox.clear()
+        self.node = None  # a new Node (a new epoch): none of the old one's limit carries over
 
     async def receive(self, envelope: Envelope) -> None:
         if envelope.source_transport != self.settings.charger:
