@@ -31,6 +31,13 @@ import math
 from collections.abc import Iterable
 from dataclasses import dataclass
 
+#: The version of these rules. Nodes agree on it like on the group configuration (it is part of
+#: the group hash every report carries, ``NodeConfig.group``): during a rolling upgrade a node
+#: whose :func:`allocate` gives other answers never agrees with an older one, so neither raises
+#: above its fallback until every member runs the same rules (docs/loadsharing.md, §3).
+#: Bump it with any change that can move a share: the steps above, rounding, floors, ordering.
+RULES_VERSION = 1
+
 #: why a member got what it got (OpenEVSE's words where they exist)
 IDLE = "idle"
 EQUAL_SHARE = "equal_share"

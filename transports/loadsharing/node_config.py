@@ -31,6 +31,7 @@ class NodeConfig:
     led: tuple[str, ...] = ()  # OpenEVSE members, led by the view's lowest id (led.py)
     led_floor: int = 0  # what each counts at least: its own failsafe current
     extra_hold: float = 0.0  # added to the view hold: how late a led member may fall back
+    rules: int = al.RULES_VERSION  # the allocation rules this node runs (part of the group hash)
 
     def __post_init__(self) -> None:
         if self.node_id not in self.members:
@@ -76,6 +77,7 @@ class NodeConfig:
             safety_factor=self.limits.safety_factor, assumed=self.limits.peer_assumed_current,
             failsafe_mode="disable" if self.disable_mode else "safe_current",
             timeout=self.timeout, members=self.members + tuple(f"led:{h}" for h in self.led),
+            rules=self.rules,
         )
 
     def quorum(self, view: tuple[str, ...]) -> bool:
