@@ -296,7 +296,7 @@ def test_a_node_whose_epoch_went_back_moves_past_its_old_self() -> None:
 
 
 def test_one_file_for_every_member_with_instance_offsets() -> None:
-    from transports.loadsharing.transport import node_config
+    from transports.loadsharing.node_config import from_settings as node_config
 
     s = settings(loadsharing_group_max_current=40, listen="127.0.0.1:8190",
                  peers="127.0.0.1:8190, 127.0.0.1:8290, 127.0.0.1:8390")

@@ -6,9 +6,9 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from simulators.loadsharing_simnet import GroupSpec, SimGroup
 from transports.loadsharing import allocation as al
 from transports.loadsharing.node_config import NodeConfig
-from transports.loadsharing.simnet import GroupSpec, SimGroup
 
 
 class Upgrading(SimGroup):

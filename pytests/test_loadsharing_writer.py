@@ -15,9 +15,9 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
+from simulators.loadsharing_simnet import GroupSpec, SimGroup
 from transports.charger import ChargerStatus, Pause, Resume, SetLimit, UserRequest
 from transports.loadsharing.charger_writer import ChargerWriter, Preference, PreferenceStore
-from transports.loadsharing.simnet import GroupSpec, SimGroup
 
 EXAMPLES = int(os.environ.get("PGW_WRITER_EXAMPLES", "25"))
 

@@ -13,6 +13,9 @@ The protocol, pure (no I/O, the clock passed in):
 - ``openevse_plan``: the OpenEVSE controller role's members and its allocation.
 
 Configuration:
+- ``group_keys``: the group keys once (names, defaults, OpenEVSE's messages, the wire form):
+  the INI checks, REST validation, config sync, a member's stored keys and a controller's push
+  body all derive from :class:`~transports.loadsharing.group_keys.GroupKeys`;
 - ``settings``: the ``loadsharing`` section, OpenEVSE's keys and ours, the INI ceiling, the
   ``charger`` reference (checked by gateway/references.py);
 - ``net_settings``: the network keys (HTTP port, discovery, secret, token, open mode);
@@ -31,8 +34,11 @@ The transport (``transport = loadsharing``):
 - ``networked``: its life as a masterless node with ``node_listen``;
 - ``openevse_roles``: its life in an OpenEVSE group; ``runtime_role``: a role taken at run time.
 
-Simulation (tests and by hand): ``simnet`` (a group on a simulated clock and network),
-``simsearch`` (its randomized fault search), ``simled`` and ``simledsearch`` (mixed groups).
+Not here: the simulated groups and their randomized searches live beside the other simulators
+(``simulators/loadsharing_simnet.py``, ``_simsearch``, ``_simled``, ``_simledsearch``); they
+drive these same objects on a simulated clock and network. No module of this package imports
+another's private names, and the package has no import cycle
+(``pytests/test_loadsharing_imports.py``).
 """
 
 from transports.loadsharing.transport import LoadSharing

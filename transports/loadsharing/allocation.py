@@ -2,7 +2,7 @@
 
 Every node runs :func:`allocate` on the same inputs and gets the same answer, so the group needs
 no master. No I/O, no clock, no randomness; the order of ``members`` never matters (they are
-sorted by id first). Amps are whole: a charger takes ``$SC n``, so each share is rounded *down*
+sorted by id first). Amps are whole: a charger takes whole amps, so each share is rounded *down*
 to a whole amp and never above the exact equal share, which keeps the budget an upper bound.
 
 The steps (docs/loadsharing.md, "Allocation"):

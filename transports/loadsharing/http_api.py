@@ -132,11 +132,18 @@ class HttpApi:
         r.add_route("*", "/loadsharing/discover", self.discover)
         r.add_route("*", "/loadsharing/status", self.ls_status)
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
 
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+        self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await self._site.start()
+
+    def bound_port(self) -> int:
+        """The port the API listens on (after :meth:`start` with port 0)."""
+        assert self._runner is not None
+        return int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         for q in list(self.hub.clients):

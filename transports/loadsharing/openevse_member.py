@@ -7,8 +7,8 @@ An OpenEVSE controller (firmware branch ``jeremypoulter/issue940``) adds a node 
 frames into it every 5 s. :class:`MemberState` is that contract as plain state (no I/O, the clock
 passed in), so the rules can be tested without sockets; :class:`OpenEvseMemberNode` serves it on
 HTTP with :class:`~transports.loadsharing.http_api.HttpApi` and turns the limit into charger
-commands (``set_current`` volatile, ``sleep``), with RAPI ``$SY`` supervision so that a dead
-gateway still leaves the charger at the safe current.
+commands (the Charger capability, ``transports/charger.py``: set limit, pause, resume), with
+supervision so that a dead gateway still leaves the charger at the safe current.
 
 Safety: the controller may count this node at its failsafe reserve once it stops hearing it for
 ``heartbeat_timeout`` plus a margin; that is only safe because this node, with no frame for
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
 import math
@@ -31,51 +32,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from transports.charger import ChargerStatus
+from transports.charger import ChargerStatus, Pause, Pulse, Resume, SetLimit, Supervise, command
+from transports.loadsharing import group_keys as gk
 from transports.loadsharing.auth import GroupAuth
 from transports.loadsharing.demand import wire_state
+from transports.loadsharing.http_api import HttpApi
 from transports.loadsharing.settings import MSG_READ_ONLY as READ_ONLY_MSG
 
 #: the group keys a controller pushes; a member stores them and shows them in ``GET /config``
 GROUP_KEYS = (
-    "loadsharing_enabled", "loadsharing_group_id", "loadsharing_group_max_current",
-    "loadsharing_safety_factor", "loadsharing_heartbeat_timeout", "loadsharing_failsafe_mode",
-    "loadsharing_failsafe_safe_current", "loadsharing_failsafe_peer_assumed_current",
-    "loadsharing_role", "loadsharing_controller_host", "loadsharing_rotation_interval",
+    "loadsharing_enabled", *gk.KEYS, "loadsharing_role", "loadsharing_controller_host",
+    "loadsharing_rotation_interval",
 )
 
 
 def validate(cfg: dict[str, Any]) -> str | None:
-    """OpenEVSE's messages (``web_server_config.cpp``), first failing rule, else None."""
-    try:
-        gmax = float(cfg["loadsharing_group_max_current"])
-        sf = float(cfg["loadsharing_safety_factor"])
-        hb = float(cfg["loadsharing_heartbeat_timeout"])
-        safe = float(cfg["loadsharing_failsafe_safe_current"])
-        assumed = float(cfg["loadsharing_failsafe_peer_assumed_current"])
-    except (TypeError, ValueError):
-        return "Could not parse JSON"
-    for key, value in (("loadsharing_group_max_current", gmax),
-                       ("loadsharing_safety_factor", sf), ("loadsharing_heartbeat_timeout", hb),
-                       ("loadsharing_failsafe_safe_current", safe),
-                       ("loadsharing_failsafe_peer_assumed_current", assumed)):
-        if not math.isfinite(value):
-            return f"{key} must be a finite number"
-    if not gmax >= 0:
-        return "loadsharing_group_max_current must be >= 0"
-    if not 0.0 <= sf <= 1.0:
-        return "loadsharing_safety_factor must be between 0.0 and 1.0"
-    if not 5 <= hb <= 600:
-        return "loadsharing_heartbeat_timeout must be between 5 and 600 seconds"
-    if not 0 <= safe <= 80:
-        return "loadsharing_failsafe_safe_current must be between 0 and 80 amps"
-    if not 0 <= assumed <= 80:
-        return "loadsharing_failsafe_peer_assumed_current must be between 0 and 80 amps"
-    if cfg["loadsharing_failsafe_mode"] not in ("safe_current", "disable"):
-        return "loadsharing_failsafe_mode must be 'safe_current' or 'disable'"
-    if gmax > 0 and safe > gmax:
-        return "loadsharing_failsafe_safe_current must not exceed loadsharing_group_max_current"
-    return None
+    """OpenEVSE's messages (``web_server_config.cpp``), first failing rule, else None (a member
+    takes any reserve: its controller allocates)."""
+    return gk.check(cfg, cross=False)
 
 
 def host_ip(host: str) -> str:
@@ -97,11 +71,7 @@ class MemberState:
     priority: int = 0
     charger_min: int = 6
     config: dict[str, Any] = field(default_factory=lambda: {
-        "loadsharing_enabled": False, "loadsharing_group_id": "",
-        "loadsharing_group_max_current": 0.0, "loadsharing_safety_factor": 1.0,
-        "loadsharing_heartbeat_timeout": 30, "loadsharing_failsafe_mode": "safe_current",
-        "loadsharing_failsafe_safe_current": 6.0,
-        "loadsharing_failsafe_peer_assumed_current": 6.0,
+        "loadsharing_enabled": False, **gk.GroupKeys().wire(),
         "loadsharing_role": "", "loadsharing_controller_host": "",
         "loadsharing_rotation_interval": 1800,
     })
@@ -233,8 +203,6 @@ class MemberState:
 
 
 def _is_ip(text: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -249,15 +217,13 @@ class OpenEvseMemberNode:
     """A :class:`~transports.loadsharing.http_api.Service` playing an OpenEVSE member.
 
     ``command`` receives charger command payloads (what the loadsharing transport emits to its
-    RAPI section); ``charger_reading`` takes that section's readings.
+    charger section); ``charger_reading`` takes that section's status.
     """
 
     def __init__(self, state: MemberState, command: Command, *, listen_port: int = 0,
                  listen_host: str = "127.0.0.1", advertised: str = "",
                  charger_heartbeat: int = 0, keepalive: float = 2.0,
                  log: logging.Logger | None = None, auth: GroupAuth | None = None) -> None:
-        from transports.loadsharing.http_api import HttpApi
-
         self.state = state
         self.command = command
         self.port = listen_port
@@ -286,8 +252,7 @@ class OpenEvseMemberNode:
     async def start(self) -> None:
         await self.api.start(self.listen_host, self.port)
         if self.port == 0:
-            site = next(iter(self.api._runner.sites))  # type: ignore[union-attr]
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = self.api.bound_port()
         if self.charger_heartbeat > 0:
             self._tasks.append(asyncio.create_task(self._pulse()))
         self._tasks.append(asyncio.create_task(self._loop()))
@@ -322,12 +287,12 @@ class OpenEvseMemberNode:
 
     async def _apply(self, amps: int) -> None:
         if amps == 0:
-            await self._command({"command": "sleep"})
+            await self._command(command(Pause()))
             self.paused = True
         else:
-            await self._command({"command": "set_current", "amps": amps, "volatile": True})
+            await self._command(command(SetLimit(amps)))
             if self.paused or self.sent is None:
-                await self._command({"command": "enable"})
+                await self._command(command(Resume()))
                 self.paused = False
         self.sent = amps
 
@@ -369,16 +334,15 @@ class OpenEvseMemberNode:
                                    "uptime": int(now - self.started)})
 
     async def _pulse(self) -> None:
-        """``$SY``: configured once the charger answers, then pulsed; the RAPI section
+        """Supervision: configured once the charger answers, then pulsed; the charger section
         re-configures it after a reconnect or a controller boot."""
         await self._charger_seen.wait()
         safe = int(float(self.state.config["loadsharing_failsafe_safe_current"]))
-        await self._command({"command": "heartbeat", "interval": self.charger_heartbeat,
-                             "amps": safe, "self_pulse": False})
+        await self._command(command(Supervise(self.charger_heartbeat, safe)))
         every = max(1.0, self.charger_heartbeat / 3)
         while True:
             await asyncio.sleep(every)
-            await self._command({"command": "heartbeat"})
+            await self._command(command(Pulse()))
 
     # -- Service ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -21,6 +21,7 @@ import contextlib
 import itertools
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from gateway.backoff import FailureLog
@@ -40,24 +41,16 @@ from transports.charger import (
     command,
     missed_pulse,
 )
-from transports.loadsharing import allocation as al
 from transports.loadsharing.charger_writer import ChargerWriter, PreferenceStore
 from transports.loadsharing.demand import wire_state
 from transports.loadsharing.messages import MessageError, Report, decode, encode
 from transports.loadsharing.network import NetworkNode
 from transports.loadsharing.networked import run_networked
-from transports.loadsharing.node import FAILSAFE, DemandTracker, Node, NodeConfig
+from transports.loadsharing.node import FAILSAFE, DemandTracker, MonotonicClock, Node
+from transports.loadsharing.node_config import FIRST_STATUS_WAIT, READING_EVERY, from_settings
+from transports.loadsharing.openevse_roles import run_openevse_role
 from transports.loadsharing.runtime_role import RoleStore
 from transports.loadsharing.settings import LoadSharingSettings, parse_address
-
-#: seconds to wait for the charger's first reading before starting paused
-FIRST_STATUS_WAIT = 5.0
-READING_EVERY = 30.0
-
-
-class MonotonicClock:
-    def now(self) -> float:
-        return time.monotonic()
 
 
 class UdpLink(asyncio.DatagramProtocol):
@@ -100,30 +93,6 @@ class NoLink:
         pass
 
 
-def node_config(s: LoadSharingSettings, instance: int = 0) -> NodeConfig:
-    """The node's configuration; with a link, a member's id is its address after the offset."""
-    me = offset_address(s.listen, instance) if s.listen else s.member_id
-    members = tuple(sorted({me, *s.peers}))
-    return NodeConfig(
-        node_id=me,
-        members=members,
-        limits=al.Limits(
-            s.loadsharing_group_max_current, s.loadsharing_safety_factor,
-            s.loadsharing_failsafe_peer_assumed_current,
-        ),
-        timeout=s.loadsharing_heartbeat_timeout,
-        fallback=s.fallback_current,
-        disable_mode=s.loadsharing_failsafe_mode == "disable",
-        min_current=s.loadsharing_min_current,
-        max_current=s.loadsharing_max_current,
-        priority=s.loadsharing_priority,
-        response_time=s.loadsharing_response_time,
-        rho=s.loadsharing_clock_tolerance,
-        heartbeat_interval=s.loadsharing_heartbeat_interval,
-        group_id=s.loadsharing_group_id,
-    )
-
-
 @register
 class LoadSharing(Transport[LoadSharingSettings]):
     kind = "loadsharing"
@@ -141,7 +110,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
         self._kick = asyncio.Event()  # the command loop has work
         self._new_limit: int | None = None  # the node's latest limit, not yet handled
         self._outbox: list[Command] = []
-        self._first_status = asyncio.Event()
+        self.first_status = asyncio.Event()  # the charger has reported
         self.charger_status: ChargerStatus | None = None  # the charger's latest status
         self.preferences = PreferenceStore(ctx.state_dir, self.log)
         self.writer = ChargerWriter(
@@ -152,7 +121,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
         self._ids = itertools.count(1)
         self._last_reading = 0.0
         self._last_shown: tuple[Any, ...] = ()
-        self._local: tuple[bool, dict[str, Any]] | None = None  # the latest charger status
+        self.local: tuple[bool, dict[str, Any]] | None = None  # the latest charger status
         self.switch_role = asyncio.Event()  # the role changed at run time (runtime_role.py)
         self.roles = RoleStore(ctx.state_dir, self.log)
         for key in ("bad_reports", "reports_in", "reports_out", "charger_commands"):
@@ -180,42 +149,32 @@ class LoadSharing(Transport[LoadSharingSettings]):
         if s.node_listen:
             await self._run_on_http()
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_status.wait(), FIRST_STATUS_WAIT)
+        await self.wait_first_status()
         initial = self.charger_offers()  # the node lowers it to the fallback at once
         self.take_over()
         link = self._udp if self._udp is not None else NoLink()
         self.node = Node(
-            node_config(s, self.ctx.general.instance), MonotonicClock(), link, self._on_limit,
-            epoch=self._next_epoch(), initial_limit=initial,
-            demanding=self._local is not None and self._local[0],
+            from_settings(s, self.ctx.general.instance), MonotonicClock(), link, self.set_limit,
+            epoch=self.next_epoch(), initial_limit=initial,
+            demanding=self.local is not None and self.local[0],
         )
         self.log.info(
             "node %s in a group of %d; fallback %g A; view hold %.0f s",
             self.node.config.node_id, len(self.node.config.members), s.fallback_current,
             self.node.config.view_hold,
         )
-        self._show_local()
-        await self._start_supervision()
-        workers = [asyncio.create_task(self._command_loop())]
-        if s.charger_heartbeat > 0:
-            workers.append(asyncio.create_task(self._pulse_loop()))
-        try:
+        self.show_local()
+        async with self.driving():
             while not self.ctx.stopping.is_set():
                 self.node.tick()
-                await self._show()
+                await self.show()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.ctx.stopping.wait(), 0.5)
-        finally:
-            for w in workers:
-                w.cancel()
 
     async def _run_on_http(self) -> None:
         """OpenEVSE's wire: the masterless node (``network.py``), or a role in an OpenEVSE group
         (``openevse_roles.py``): set in the file, or taken at run time from a controller's push
         and left when it resets the role (``runtime_role.py``)."""
-        from transports.loadsharing.openevse_roles import run_openevse_role
-
         configured = self.settings.loadsharing_role
         while not self.ctx.stopping.is_set():
             self.switch_role.clear()
@@ -235,7 +194,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
         if self._udp is not None and self._udp.transport is not None:
             self._udp.transport.close()
 
-    def _next_epoch(self) -> int:
+    def next_epoch(self) -> int:
         """A counter kept in the state directory: a restarted node is told from its old self."""
         path = self.ctx.state_dir / "epoch"
         try:
@@ -316,7 +275,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
             self.preferences.save(self.writer.preference)
             self.log.info("user request %s: %s", data.get("request_id", ""), result["detail"])
             self._queue(cmds)
-            self._show_local()
+            self.show_local()
         if reply_to:
             answer = {"event": "command_result", "command": data.get("command", ""),
                       "request_id": data.get("request_id", ""), **result}
@@ -327,15 +286,15 @@ class LoadSharing(Transport[LoadSharingSettings]):
     def _charger_reading(self, status: ChargerStatus) -> None:
         self.charger_status = status
         self.demand.update(status)
-        self._first_status.set()
-        self._show_local()
+        self.first_status.set()
+        self.show_local()
         self._queue(self.writer.on_status(status, time.monotonic()))
 
     def local_demand(self) -> bool:
         """The EV wants charge and the user hasn't paused this charger."""
         return self.demand.demanding and self.writer.wants_charge
 
-    def _show_local(self) -> None:
+    def show_local(self) -> None:
         """The charger's status to the node (demand, what peers display, the user's max)."""
         st = self.charger_status
         if st is None:
@@ -347,12 +306,12 @@ class LoadSharing(Transport[LoadSharingSettings]):
             "state": wire_state(st),
             "vehicle": 1 if st.vehicle_connected else 0,
         }
-        self._local = (self.local_demand(), shown)
+        self.local = (self.local_demand(), shown)
         if self.node is not None:
-            self.node.set_local(self._local[0], max_current=self.writer.allocation_max(),
+            self.node.set_local(self.local[0], max_current=self.writer.allocation_max(),
                                 **shown)
 
-    def _on_limit(self, amps: int) -> None:
+    def set_limit(self, amps: int) -> None:
         """From the node or role (synchronous): the command loop sends it, newest first."""
         self.demand.commanded(amps)
         self._new_limit = amps
@@ -382,6 +341,27 @@ class LoadSharing(Transport[LoadSharingSettings]):
         self.log.debug("to %s: %s", self.settings.charger, data)
         await self.ctx.emit(COMMAND, data, target=self.settings.charger)
 
+    # -- what a role uses to drive the charger ---------------------------------------------------
+    async def wait_first_status(self) -> None:
+        """The charger's first status, or ``FIRST_STATUS_WAIT`` s (then the node starts paused)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_STATUS_WAIT):
+                await self.first_status.wait()
+
+    @contextlib.asynccontextmanager
+    async def driving(self) -> AsyncIterator[None]:
+        """While inside, this section drives its charger: supervision set up, limits sent in
+        order (the command loop), supervision pulsed."""
+        await self._start_supervision()
+        workers = [asyncio.create_task(self._command_loop())]
+        if self.settings.charger_heartbeat > 0:
+            workers.append(asyncio.create_task(self._pulse_loop()))
+        try:
+            yield
+        finally:
+            for w in workers:
+                w.cancel()
+
     async def _start_supervision(self) -> None:
         s = self.settings
         if s.charger_heartbeat > 0:
@@ -395,7 +375,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
             await self._command(command(Pulse()))
 
     # -- what this node shows -------------------------------------------------------------------
-    async def _show(self) -> None:
+    async def show(self) -> None:
         assert self.node is not None
         n = self.node
         counters = self.ctx.counters

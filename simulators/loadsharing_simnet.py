@@ -1,7 +1,8 @@
 """A simulated group: N nodes, one process, a controllable clock, a network that misbehaves.
 
-Part of the product: the scenario tests, the randomized search and anyone checking a change to
-the protocol run the real :class:`~transports.loadsharing.node.Node` here, with
+Beside the other simulators (not in the product package): the scenario tests, the randomized
+search and anyone checking a change to the protocol run the real
+:class:`~transports.loadsharing.node.Node` (and its ChargerWriter) here, with
 
 - :class:`Scheduler`: one global simulated time and an event queue (nothing sleeps);
 - per-node clocks running at rates within the stated bound ``rho`` (offsets are irrelevant: no
@@ -469,6 +470,6 @@ def converged(g: SimGroup) -> str:
 
 if __name__ == "__main__":
     # the documented entry point; the search itself lives in simsearch.py
-    from transports.loadsharing.simsearch import main
+    from simulators.loadsharing_simsearch import main
 
     raise SystemExit(main())
