@@ -200,3 +200,31 @@ async def _stranger_frames_to_a_member(tmp: Path) -> None:
 
 def test_a_controller_frame_cannot_raise_a_member_above_its_ini(tmp_path: Path) -> None:
     asyncio.run(_stranger_frames_to_a_member(tmp_path))
+
+
+async def _controller_ceiling(tmp: Path) -> None:
+    port = free_port()
+    gw = _node(port, tmp / "ctl", loadsharing_role="controller")
+    await gw.send(_charging(6.0))
+    await gw.start()
+    url = f"http://127.0.0.1:{port}"
+    try:
+        await async_wait_for(lambda: _serving(port), timeout=30)
+        async with aiohttp.ClientSession() as http:
+            async with http.post(f"{url}/config",
+                                 json={"loadsharing_group_max_current": 80}) as r:
+                body = await r.json()
+                assert r.status == 400 and "the INI is the ceiling" in body["msg"], body
+            async with http.post(f"{url}/config",
+                                 json={"loadsharing_group_max_current": 8}) as r:
+                assert r.status == 200  # lowering is allowed
+            async with http.get(f"{url}/config") as r:
+                assert (await r.json())["loadsharing_group_max_current"] == 8
+        await async_wait_for(lambda: _limits(gw)[-1:] == [8], timeout=20)
+        assert max(_limits(gw)) <= INI_MAX
+    finally:
+        await gw.stop()
+
+
+def test_a_controller_takes_no_group_maximum_above_its_ini(tmp_path: Path) -> None:
+    asyncio.run(_controller_ceiling(tmp_path))

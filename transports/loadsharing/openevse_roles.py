@@ -135,13 +135,15 @@ async def _member(t: LoadSharing, bind: str, port: int, me: str,
             amps, _ = state.limit(time.monotonic())
             if amps is not None and ceiling > 0:
                 amps = min(amps, int(ceiling))
-            if amps is None and last is not None:
-                # left the group: the failsafe current, never the charger's own maximum; the
-                # masterless node that follows raises it only on agreement
+            if amps is None:
+                # not yet (or no longer) in the controller's group: the failsafe current, never
+                # the charger's own maximum (a restarted member waits for the next push like
+                # this; a member that left hands over to the masterless node, which raises it
+                # only on agreement)
                 amps = int(s.fallback_current)
-            if amps is not None and amps != last:
+            if amps != last:
                 t.set_limit(amps)
-                last = amps if state.is_member else None
+                last = amps
             if pushed is not None and not state.is_member:
                 t.log.info("the OpenEVSE controller reset this node's role: back to the "
                            "masterless protocol")
