@@ -220,6 +220,7 @@ class RestService:
             "config_version": self.group.version, "config_hash": self.group.hash,
             "mode": node.mode if node is not None else "starting",
             "limit": node.limit if node is not None else None,
+            "charger": self.t.charger_view(),
             **(self.led_group.snapshot(node) if self.led_group and self.led_group.hosts else {}),
         }
 

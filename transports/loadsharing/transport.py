@@ -230,6 +230,15 @@ class LoadSharing(Transport[LoadSharingSettings]):
             return 0
         return int(st.offered_current)
 
+    def charger_view(self) -> dict[str, Any]:
+        """What ``/loadsharing/status`` shows of the charger: what it offers, what this node
+        wants it to offer, the user's preference, how often it had to be put back."""
+        st, w = self.charger_status, self.writer
+        return {"offered": None if st is None else st.offered_current,
+                "state": None if st is None else st.state, "target": w.target(),
+                "user_max_current": w.preference.max_current,
+                "user_paused": w.preference.paused, "corrections": w.corrections}
+
     def take_over(self) -> None:
         """A node or role starts driving the charger: its first limit goes out whatever was
         sent before (a role change or a new node never leaves an old value standing)."""
