@@ -78,11 +78,13 @@ def check(configs: dict[str, TransportConfig], source: str, lines: Lines,
                     f"{ref.capability} (transports that are: {', '.join(able) or 'none'})", line))
                 continue
             if ref.bridge_back and name not in target.settings.bridge:
+                bridge = lines.get((ref.section, "bridge"))
+                fix = f"add {name} to its bridge = (line {bridge})" if bridge else \
+                    f"add bridge = {name} to [{ref.section}]"
                 errors.append(problem(
                     source, name, ref.key,
-                    f"names [{ref.section}], which does not bridge back: add {name} to its "
-                    f"bridge = (line {at(ref.section, 'bridge') or '?'}), or this section never "
-                    "hears from it", line))
+                    f"names [{ref.section}], which does not bridge back: {fix}, or this section "
+                    "never hears from it", line))
             if ref.exclusive:
                 other = taken.get((ref.section, ref.key))
                 if other is not None:
