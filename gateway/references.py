@@ -9,7 +9,8 @@ exclusive (one writer per charger), and which key of the named section records t
 :func:`check` turns every broken reference into a :class:`~gateway.config.ConfigProblem` naming
 file, line, section and key; :func:`resolve` writes the referrer into the named section's
 settings (``charger_owner``), so that a charger transport knows, from its first envelope, whose
-writes to follow and whose to forward.
+writes to follow and whose to forward. A referring section may also ``advise_on(reference,
+named settings)``: warnings about a valid but doubtful pair.
 """
 
 from __future__ import annotations
@@ -85,6 +86,9 @@ def check(configs: dict[str, TransportConfig], source: str, lines: Lines,
                     source, name, ref.key,
                     f"names [{ref.section}], which does not bridge back: {fix}, or this section "
                     "never hears from it", line))
+            advise = getattr(cfg.settings, "advise_on", None)
+            for message in (advise(ref, target.settings) if advise is not None else ()):
+                warnings.append(problem(source, name, ref.key, message, line))
             if ref.exclusive:
                 other = taken.get((ref.section, ref.key))
                 if other is not None:

@@ -112,3 +112,12 @@ def test_non_finite_numbers_are_refused(tmp_path: Path) -> None:
         out = check(tmp_path, text)
         assert out.returncode == 2, (bad, out.stdout)
         assert "[ls] loadsharing_group_max_current" in out.stderr + out.stdout
+
+
+def test_a_charger_read_slower_than_the_response_time_is_warned_about(tmp_path: Path) -> None:
+    text = CHARGER.format(bridge="ls") + "read_interval = 10\n" + NODE.format(
+        name="ls", charger="openevse")
+    out = check(tmp_path, text)
+    assert out.returncode == 0, out.stderr
+    assert "[openevse] read_interval 10 s is longer than loadsharing_response_time 5 s" in (
+        out.stderr + out.stdout)

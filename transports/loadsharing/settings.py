@@ -14,10 +14,10 @@ from __future__ import annotations
 
 from typing import Any, Literal
 
-from gateway.references import Reference
-from gateway.settings import StrList, TransportSettings
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from gateway.references import Reference
+from gateway.settings import StrList, TransportSettings
 from transports.charger import CHARGER
 from transports.loadsharing import group_keys as gk
 from transports.loadsharing.group_keys import MSG_ASSUMED_UNDER_SAFE, MSG_MODE, MSG_SAFE_OVER_MAX
@@ -226,6 +226,16 @@ class LoadSharingSettings(NetworkKeys, TransportSettings):
         this section is its one writer (``charger_owner``, gateway/references.py)."""
         return [Reference("charger", self.charger, CHARGER,
                           owner_key="charger_owner" if self.loadsharing_enabled else "")]
+
+    def advise_on(self, ref: Reference, charger: Any) -> list[str]:
+        """Warnings about the charger this section names (gateway/references.py)."""
+        every = float(getattr(charger, "read_interval", 0.0) or 0.0)
+        if ref.key == "charger" and every > self.loadsharing_response_time:
+            return [f"[{ref.section}] read_interval {every:g} s is longer than "
+                    f"loadsharing_response_time {self.loadsharing_response_time:g} s: a current "
+                    "changed at the charger itself is seen, and put back, only at its next "
+                    "reading"]
+        return []
 
     def advice(self) -> list[tuple[str, str]]:
         """(key, warning) for ``check``: valid, but probably not what was meant."""
