@@ -31,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 
 import transports
+from gateway import references
 from gateway.settings import GeneralSettings, TransportSettings
 
 GENERAL = "general"
@@ -306,10 +307,17 @@ def load_config(
         problems += check(view)
     for check in WARNINGS:
         warnings += check(view)
+    # references between sections (a loadsharing section's charger =): gateway/references.py
+    ref_errors, ref_warnings = references.check(
+        configs, source, lines,
+        lambda _src, section, key, message, _line=None: view.problem(section, key, message),
+        view.names)
+    problems += ref_errors
+    warnings += ref_warnings
     if problems:
         raise ConfigError(problems)
     assert isinstance(general_model, GeneralSettings)
-    return GatewayConfig(source, general_model, configs, warnings)
+    return GatewayConfig(source, general_model, references.resolve(configs), warnings)
 
 
 def _kind_problem(kind: str, registry: Mapping[str, Any]) -> str:

@@ -25,7 +25,7 @@ from websockets.sync.client import connect
 
 from gateway.message import Envelope
 from pytests.helpers import Harness, free_port, wait_for
-from pytests.loadsharing_sites import http
+from pytests.loadsharing_sites import charger_event, http
 from transports.loadsharing import config_sync as cs
 from transports.loadsharing.auth import GroupAuth
 from transports.loadsharing.members import MemberStore
@@ -38,11 +38,12 @@ ROOT = Path(__file__).resolve().parent.parent
 BASE: dict[str, Any] = dict(
     transport="loadsharing", charger="openevse", loadsharing_enabled=True,
     loadsharing_group_max_current=32, loadsharing_heartbeat_timeout=5,
-    loadsharing_response_time=0.5, charger_heartbeat=0, discovery=False)
+    loadsharing_response_time=0.5, charger_heartbeat=0, discovery=False,
+    loadsharing_api_open=True)  # OpenEVSE's LAN trust: what these tests speak
 
 
 def reading(state: int = 3, vehicle: int = 1) -> Envelope:
-    return Envelope("openevse", "reading", {
+    return charger_event("openevse", {
         "state_code": state, "vehicle_connected": vehicle, "pilot_current": 32,
         "charging_current": 10.0, "voltage": 240.0})
 
@@ -299,10 +300,12 @@ def test_a_member_that_lies_leaves_the_node_at_its_fallback(tmp_path: Path) -> N
 
 # -- authentication ------------------------------------------------------------------------
 def test_group_secret_signs_reports_and_guards_writes(tmp_path: Path) -> None:
-    secret = {"loadsharing_group_secret": "s3cret", "loadsharing_api_token": "tok"}
+    secret = {"loadsharing_group_secret": "s3cret", "loadsharing_api_token": "tok",
+              "loadsharing_api_open": False}
     a = NodeThread(tmp_path / "a", **secret)
     b = NodeThread(tmp_path / "b", **secret)
-    c = NodeThread(tmp_path / "c", loadsharing_group_secret="other", loadsharing_api_token="t")
+    c = NodeThread(tmp_path / "c", loadsharing_group_secret="other", loadsharing_api_token="t",
+                   loadsharing_api_open=False)
     try:
         body = {"host": b.member}
         assert http("POST", f"{a.url}/loadsharing/peers", body) == \
