@@ -87,6 +87,11 @@ class RegisterValue:
     display_name: str = ""
     entity_category: str = ""
     write_policy: str = ""
+    #: the value whose reading is this one's power-of-ten scale (a SunSpec scale factor);
+    #: ``scale`` is then that power as last read (see ModbusDevice.decode)
+    scale_from: str = ""
+    #: the words a device sends for "not implemented" (SunSpec): such a reading is skipped
+    absent: tuple[int, ...] = ()
 
     @property
     def opt_in(self) -> bool:

@@ -14,13 +14,18 @@ from gateway.settings import (
 )
 from protocols.read_plan import DEFAULT_TURNAROUND
 from protocols.registers import MapError, available_maps, check_writable, load_map, map_path
+from protocols.sunspec import PROTOCOL as SUNSPEC
 
 
 def check_map(value: str) -> str:
-    """A map name or path that exists and loads (checked once, at load; every Modbus kind)."""
+    """A map name or path that exists and loads (checked once, at load; every Modbus kind).
+
+    ``sunspec``: the map is the device's own, found when it is first read."""
+    if value == SUNSPEC:
+        return value
     if not map_path(value).exists():
         raise ValueError(f"unknown protocol_version {value!r}; available: "
-                         f"{', '.join(available_maps())} (or a path to a .csv map)")
+                         f"{', '.join(available_maps())}, {SUNSPEC} (or a path to a .csv map)")
     try:
         load_map(value)
     except MapError as exc:
@@ -68,7 +73,8 @@ class ModbusSettings(TransportSettings):
 
     @model_validator(mode="after")
     def _writable_in_map(self) -> ModbusSettings:
-        check_writable(load_map(self.protocol_version), self.writable)
+        if self.protocol_version != SUNSPEC:  # a SunSpec device's points: patterns, at discovery
+            check_writable(load_map(self.protocol_version), self.writable)
         return self
 
     def where(self) -> str:

@@ -44,6 +44,7 @@ from gateway.settings import (
 )
 from protocols.read_plan import DEFAULT_TURNAROUND
 from protocols.registers import check_writable, load_map
+from protocols.sunspec import PROTOCOL as SUNSPEC
 from transports.modbus.settings import check_map
 from transports.modbus_bus.port_resolve import UsbSelector
 
@@ -84,7 +85,8 @@ class BusDeviceSettings(Settings):
 
     @model_validator(mode="after")
     def _writable_in_map(self) -> BusDeviceSettings:
-        check_writable(load_map(self.protocol_version), self.writable)
+        if self.protocol_version != SUNSPEC:  # a SunSpec device's points: patterns, at discovery
+            check_writable(load_map(self.protocol_version), self.writable)
         return self
 
 

@@ -128,6 +128,11 @@ class ModbusBusTransport(Transport[AnySettings]):
             ctx.counters.extra.setdefault(key, 0)
         self.commands = BusCommands(self, self.members, ctx, self.log, self._where)
 
+    @property
+    def where(self) -> str:
+        """The bus (or device) as logs name it."""
+        return self._where
+
     def count(self, key: str, n: int = 1) -> None:
         self.ctx.counters.extra[key] = int(self.ctx.counters.extra.get(key, 0)) + n
 
@@ -240,6 +245,13 @@ class ModbusBusTransport(Transport[AnySettings]):
         started = time.monotonic()
         probe = self.schedule.begin(m.name, started)
         self.count("probes" if probe else "scans")
+        if m.discovery_due:  # a SunSpec device: its map first (the import only for one)
+            from transports.modbus_bus.sunspec_scan import discover_member
+
+            if not await discover_member(self, m):
+                self.schedule.end(m.name, time.monotonic(), time.monotonic() - started,
+                                  probe=probe)
+                return
         requests = m.ordered()[:1] if probe else m.ordered()
         values: dict[str, Value] = {}
         busy = 0.0
