@@ -39,8 +39,8 @@ INSTANCE = 37  # ports at base + 3700: away from the demo test's instance and th
 BASE = "pgw-audit"
 PREFIX = "homeassistant"
 #: HA devices expected: host, charger, load sharing, TCP inverter, RTU meter, three bus
-#: members, lighting and the gateway itself
-DEVICES = 10
+#: members, a SunSpec inverter and meter, lighting and the gateway itself
+DEVICES = 12
 
 
 def _start_simulators(work: Path) -> list[subprocess.Popen[bytes]]:
