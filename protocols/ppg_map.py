@@ -64,12 +64,6 @@ ALIASES = {"UINT8": "BYTE", "INT16": "SHORT", "UINT16": "USHORT", "UINT32": "UIN
            "INT32": "INT"}
 
 
-def is_ppg_file(path: str) -> bool:
-    """A path this reader takes (by PPG's file naming)."""
-    low = path.lower()
-    return low.endswith(tuple(TABLE_SUFFIXES)) or (low.endswith(".json") and Path(path).exists())
-
-
 def tables_of(path: Path) -> tuple[Path | None, dict[str, Path]]:
     """(the protocol's JSON, {table: csv}) for a named PPG file."""
     name = path.name

@@ -37,6 +37,8 @@ COLUMNS = (
     "display_name", "entity_category", "writable",
 )
 ENTITY_CATEGORIES = ("", "diagnostic", "config")
+#: file names that are PythonProtocolGateway protocol files (:mod:`protocols.ppg_map`)
+PPG_SUFFIXES = (".input_registry_map.csv", ".holding_registry_map.csv", ".json")
 #: ``writable`` column: "" = as ``access`` says; "opt-in" = a device configuration register
 #: (address, baud rate, ...) written only when the section's ``writable =`` key names it
 WRITE_POLICIES = ("", "opt-in")
@@ -165,10 +167,10 @@ def load_map(name_or_path: str) -> RegisterMap:
 
     A PythonProtocolGateway protocol file (``*.input_registry_map.csv``,
     ``*.holding_registry_map.csv``, ``*.json``) is read by :mod:`protocols.ppg_map`."""
-    from protocols import ppg_map  # small, but only a section using such a file needs it
+    if name_or_path.lower().endswith(PPG_SUFFIXES):
+        from protocols.ppg_map import load_ppg  # only a section using such a file needs it
 
-    if ppg_map.is_ppg_file(name_or_path):
-        return ppg_map.load_ppg(name_or_path)
+        return load_ppg(name_or_path)
     path = map_path(name_or_path)
     try:
         text = path.read_text(encoding="utf-8")

@@ -21,7 +21,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from gateway.backoff import Backoff, FailureLog
 from gateway.message import (
@@ -57,6 +57,9 @@ from transports.modbus_bus.settings import (
     ModbusBusRtuSettings,
     ModbusBusTcpSettings,
 )
+
+if TYPE_CHECKING:  # the server module is imported only by a section that re-exports
+    from transports.modbus_bus.reexport import ReexportServer
 
 #: a bus section (``modbus_bus``, ``modbus_bus_tcp``) or one device's (``modbus_tcp``,
 #: ``modbus_rtu``): the same transport, the latter a bus of one
@@ -127,6 +130,8 @@ class ModbusBusTransport(Transport[AnySettings]):
         for key in COUNTERS:
             ctx.counters.extra.setdefault(key, 0)
         self.commands = BusCommands(self, self.members, ctx, self.log, self._where)
+        #: the Modbus TCP re-export of what is read (``reexport_listen``), once started
+        self.reexport: ReexportServer | None = None
 
     @property
     def where(self) -> str:
@@ -157,8 +162,36 @@ class ModbusBusTransport(Transport[AnySettings]):
             self.log.log(logging.WARNING if demand > 1 else logging.INFO,
                          "%s: the planned reads need %.2f s of bus time per second at %d baud "
                          "(turnarounds as set)", self._where, demand, self.line.baudrate)
+        if self.settings.reexport_listen and self.reexport is None:
+            await self._start_reexport()
+
+    async def _start_reexport(self) -> None:
+        """Serve what is read again (imported here: only such a section loads the server)."""
+        from gateway.instance import offset_address, split_host_port
+        from transports.modbus_bus.reexport import ReexportServer
+
+        host, port = split_host_port(offset_address(self.settings.reexport_listen,
+                                                    self.ctx.general.instance))
+        by_unit = {m.unit: m for m in self.members.values()}
+        spans = {m.unit: tuple(max((v.end for v in m.device.map.values if v.table == t),
+                                   default=0) for t in ("coil", "discrete"))
+                 for m in self.members.values()}
+        server = ReexportServer(host, port, spans,  # type: ignore[arg-type]
+                                lambda unit: by_unit[unit].available is not False, self.log)
+        try:
+            await server.start()
+        except OSError as exc:
+            await server.stop()
+            self.log.error("%s: Modbus TCP re-export not served: %s", self._where, exc)
+            return
+        self.reexport = server
+        self.log.info("%s: re-exported read-only on Modbus TCP %s:%d (units %s)", self._where,
+                      host, port, ", ".join(str(u) for u in by_unit))
 
     async def close(self) -> None:
+        if self.reexport is not None:
+            await self.reexport.stop()
+            self.reexport = None
         if self.link is not None:
             self.link.close()
             self.link = None
@@ -354,6 +387,8 @@ class ModbusBusTransport(Transport[AnySettings]):
         """One read from ``m`` with its own pauses, timeout and retries; an answer noted."""
         link = self._live_link()
         words = await link.read(m.unit, request, m.policy)
+        if self.reexport is not None:
+            self.reexport.record(m.unit, request.table, request.address, words)
         if link.last_exchange is not None:
             m.note_exchange(request, link.last_exchange)
         await self._heard(m)
