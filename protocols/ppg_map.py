@@ -97,12 +97,13 @@ def load_ppg(path_text: str) -> RegisterMap:
              and isinstance(v, dict)}
     values: list[RegisterValue] = []
     names: set[str] = set()
+    skipped: list[str] = []
     for table, csv_path in tables.items():
         try:
             text = csv_path.read_text(encoding="latin-1")
         except OSError as exc:
             raise MapError(csv_path, 0, f"cannot read the map: {exc.strerror}") from None
-        for read in _read_table(text, csv_path, table, codes, little):
+        for read in _read_table(text, csv_path, table, codes, little, skipped):
             value = _unique(read, names)
             names.add(value.name)
             values.append(value)
@@ -116,6 +117,8 @@ def load_ppg(path_text: str) -> RegisterMap:
     stem = re.sub(r"(\.(input|holding)_registry_map\.csv|\.json)$", "", path.name,
                   flags=re.IGNORECASE)
     meta = {"source": "PythonProtocolGateway", "model": stem}
+    if skipped:  # said once by the transport when it starts (see Member)
+        meta["skipped"] = "; ".join(skipped)
     return RegisterMap(stem, str(path), tuple(values), batch, (), meta)
 
 
@@ -126,6 +129,10 @@ def _unique(value: RegisterValue, names: set[str]) -> RegisterValue:
     while f"{value.name}_{i}" in names:
         i += 1
     return replace(value, name=f"{value.name}_{i}")
+
+
+class Unsupported(ValueError):
+    """A row of a data type this reader does not decode: left out, named in the map's meta."""
 
 
 @dataclass
@@ -183,8 +190,10 @@ def _join_high_low(rows: list[_Row]) -> list[tuple[_Row, _Row | None]]:
     return out
 
 
-def _read_table(text: str, path: Path, table: str, codes: dict[str, dict[str, str]],
-                little: bool) -> list[RegisterValue]:
+def _read_table(  # noqa: PLR0917
+    text: str, path: Path, table: str, codes: dict[str, dict[str, str]], little: bool,
+    skipped: list[str],
+) -> list[RegisterValue]:
     out: list[RegisterValue] = []
     for row, low in _join_high_low(_rows(text, path)):
         if not row.name and not row.documented:
@@ -192,7 +201,10 @@ def _read_table(text: str, path: Path, table: str, codes: dict[str, dict[str, st
         mode = row.writable.strip().upper()
         if mode in ("RD", "READDISABLED", "DISABLED", "D"):
             continue
-        out.extend(_values(row, low, path, table, codes, little, mode))
+        try:
+            out.extend(_values(row, low, path, table, codes, little, mode))
+        except Unsupported as exc:
+            skipped.append(f"{path.name}: {exc}")
     return out
 
 
@@ -260,13 +272,13 @@ def _values(  # noqa: PLR0917 - one row's fields and the table's context
                         **_no_class(options))]
     if kind in ("ASCII", "HEX"):
         if kind == "HEX":
-            return []  # a hexadecimal dump: nothing a dashboard shows
+            raise Unsupported(f"{name} (HEX, line {row.line})")
         count = max(span, (length + 1) // 2, 1)
         return [replace(base, dtype="string", count=count, scale=1.0, decimals=None,
                         unit="", device_class="", state_class="")]
     dtypes = {"USHORT": ("u16", 1), "SHORT": ("s16", 1), "UINT": ("u32", 2), "INT": ("s32", 2)}
     if kind not in dtypes:
-        raise fail(f"{name}: data type {kind!r} is not read here (see docs/supported-devices.md)")
+        raise Unsupported(f"{name} ({kind}, line {row.line})")
     dtype, count = dtypes[kind]
     if count == 2 and reverse:
         order = "CDAB" if order == "ABCD" else "BADC"

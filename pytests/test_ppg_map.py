@@ -65,6 +65,9 @@ def test_an_input_table_decodes_to_the_values_worked_out_by_hand() -> None:
     assert regmap["temperature"].unit == "°C"
     assert regmap["energy_today"].state_class == "total_increasing"
     assert "debug" not in regmap  # RD: not read
+    assert regmap.meta["skipped"] == ("acme_hybrid.input_registry_map.csv: checksum (HEX, line "
+                                      "14); acme_hybrid.input_registry_map.csv: signed_bits "
+                                      "(4SBIT, line 15)")
     assert not any(v.writable for v in regmap.values)  # input registers never are
 
 

@@ -158,6 +158,9 @@ class ModbusBusTransport(Transport[AnySettings]):
                           self._where, m.name, m.unit, m.device.map.name, len(plan),
                           m.cfg.read_interval)
             demand += plan.cost(m.cost) / m.cfg.read_interval
+            if m.device.map.meta.get("skipped"):  # a PythonProtocolGateway file's odd rows
+                self.log.warning("%s: %s: rows not read (their data type): %s", self._where,
+                                 m.name, m.device.map.meta["skipped"])
         if isinstance(self.line, SerialLine):
             self.log.log(logging.WARNING if demand > 1 else logging.INFO,
                          "%s: the planned reads need %.2f s of bus time per second at %d baud "
