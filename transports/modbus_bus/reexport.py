@@ -24,13 +24,38 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
-from protocols.registers import BIT_TABLES, TABLES
+from protocols.registers import BIT_TABLES, TABLES, RegisterMap
+from protocols.sunspec import BASES
 
 #: pymodbus function code -> table
 FC_TABLE = {1: "coil", 2: "discrete", 3: "holding", 4: "input", 5: "coil", 15: "coil",
             6: "holding", 16: "holding", 22: "holding", 23: "holding"}
 READ_FC = frozenset({1, 2, 3, 4})
 SPAN = 0x10000
+#: registers served after each SunSpec base address for a device whose chain is found later
+SUNSPEC_WINDOW = 4000
+#: table -> the (first, end) register blocks a unit is served with
+Spans = dict[str, tuple[tuple[int, int], ...]]
+
+
+def spans_of(regmap: RegisterMap, sunspec_pending: bool = False) -> Spans:
+    """The blocks to serve for a map: from its first to its last register, per table (what
+    the server holds costs memory per register: not the whole 65536); for a SunSpec device
+    not found yet, windows at the base addresses. Bit tables start at 0 (pymodbus checks a
+    bit block in time quadratic in its size: as far as the map goes, in whole registers)."""
+    spans: Spans = {}
+    for table in TABLES:
+        values = [v for v in regmap.values if v.table == table]
+        if table in BIT_TABLES:
+            end = max((v.end for v in values), default=0)
+            spans[table] = ((0, max(16, -(-end // 16) * 16)),)
+        elif table == "holding" and sunspec_pending:
+            spans[table] = tuple((b, min(SPAN, b + SUNSPEC_WINDOW)) for b in sorted(BASES))
+        elif values:
+            spans[table] = ((min(v.address for v in values), max(v.end for v in values)),)
+        else:
+            spans[table] = ((0, 1),)
+    return spans
 
 
 class RegisterImage:
@@ -53,12 +78,11 @@ class ReexportServer:
     """A Modbus TCP server of the units' images; ``available(unit)`` says whether the bus
     currently hears that device."""
 
-    def __init__(self, host: str, port: int, units: Mapping[int, tuple[int, int]],
+    def __init__(self, host: str, port: int, units: Mapping[int, Spans],
                  available: Callable[[int], bool], log: logging.Logger) -> None:
-        """``units``: unit id -> (coils, discrete inputs) its map spans: pymodbus checks a
-        bit block in time quadratic in its size, so those are served as far as maps go."""
+        """``units``: unit id -> the blocks it is served with (:func:`spans_of`)."""
         self.host, self.port = host, port
-        self.bit_spans = dict(units)
+        self.spans = dict(units)
         self.images: dict[int, RegisterImage] = {u: RegisterImage() for u in units}
         self.available = available
         self.log = log
@@ -79,12 +103,12 @@ class ReexportServer:
                          ) -> ExcCodes | None:
             return self._serve(unit, fc, start, address, count, registers, set_values)
 
-        coils, discrete = (max(16, -(-n // 16) * 16) for n in self.bit_spans[unit])
-        words = [SimData(0, count=SPAN, values=0, datatype=DataType.REGISTERS)]
-        return SimDevice(unit, simdata=(
-            [SimData(0, count=coils, values=False, datatype=DataType.BITS)],
-            [SimData(0, count=discrete, values=False, datatype=DataType.BITS)],
-            words, list(words)), action=action)
+        blocks = [[SimData(lo, count=hi - lo, values=False if t in BIT_TABLES else 0,
+                           datatype=DataType.BITS if t in BIT_TABLES else DataType.REGISTERS)
+                   for lo, hi in self.spans[unit][t]]
+                  for t in ("coil", "discrete", "holding", "input")]
+        return SimDevice(unit, simdata=(blocks[0], blocks[1], blocks[2], blocks[3]),
+                         action=action)
 
     def _serve(self, unit: int, fc: int, start: int, address: int, count: int,  # noqa: PLR0917
                registers: list[int], set_values: list[int] | list[bool] | None,

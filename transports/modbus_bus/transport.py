@@ -171,15 +171,13 @@ class ModbusBusTransport(Transport[AnySettings]):
     async def _start_reexport(self) -> None:
         """Serve what is read again (imported here: only such a section loads the server)."""
         from gateway.instance import offset_address, split_host_port
-        from transports.modbus_bus.reexport import ReexportServer
+        from transports.modbus_bus.reexport import ReexportServer, spans_of
 
         host, port = split_host_port(offset_address(self.settings.reexport_listen,
                                                     self.ctx.general.instance))
         by_unit = {m.unit: m for m in self.members.values()}
-        spans = {m.unit: tuple(max((v.end for v in m.device.map.values if v.table == t),
-                                   default=0) for t in ("coil", "discrete"))
-                 for m in self.members.values()}
-        server = ReexportServer(host, port, spans,  # type: ignore[arg-type]
+        spans = {m.unit: spans_of(m.device.map, m.discovery_due) for m in self.members.values()}
+        server = ReexportServer(host, port, spans,
                                 lambda unit: by_unit[unit].available is not False, self.log)
         try:
             await server.start()
