@@ -153,6 +153,11 @@ class ModbusBusTransport(Transport[AnySettings]):
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL + 1)
         demand = 0.0
         for m in self.members.values():
+            if m.discovery_due:
+                self.log.info("%s: %s unit %d, SunSpec: its models are read before its first "
+                              "scan, every %g s after", self._where, m.name, m.unit,
+                              m.cfg.read_interval)
+                continue
             plan = m.blocks.plan
             self.log.info("%s: %s unit %d, map %s, %d requests per scan every %g s",
                           self._where, m.name, m.unit, m.device.map.name, len(plan),
