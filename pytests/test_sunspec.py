@@ -246,3 +246,26 @@ def test_a_bus_with_a_sunspec_inverter_and_meter(tmp_path: Path) -> None:
         assert ids == {"sunspec_sim-inv-0001", "sunspec_sim-met-0002"}
 
     run(body, sim, ModbusBusTcpTransport, settings, tmp_path)
+
+
+def test_the_models_are_found_again_after_the_device_was_gone(tmp_path: Path) -> None:
+    port = free_port()
+    sim = SunSpecSimulator({1: "inverter"}, tcp_port=port)
+    settings = ModbusTcpSettings(transport="modbus_tcp", port=port, protocol_version="sunspec",
+                                 read_interval=0.3, timeout=0.3, retries=0, offline_after=1,
+                                 reconnect_max=0.5)
+
+    async def body(sim: SunSpecSimulator, h: Harness) -> None:
+        await async_wait_for(lambda: readings(h))
+        member = h.transport.members["device"]
+        first = member.device
+        sim.units[1].silence_range("holding", 0, 0xFFFF)
+        await async_wait_for(lambda: member.available is False, timeout=30)
+        assert member.discovery_due  # a firmware update may have changed the models
+        sim.units[1].clear_faults()
+        seen = len(readings(h))
+        await async_wait_for(lambda: len(readings(h)) > seen and member.available, timeout=30)
+        assert member.device is not first and not member.discovery_due
+        assert f"{INV}W" in readings(h)[-1].data
+
+    run(body, sim, ModbusTcpTransport, settings, tmp_path)
