@@ -17,6 +17,7 @@ sunssf), 0xFFFFFFFF (bitfield32). St 4 = MPPT; Evt1 bit 7 = OVER_TEMP.
 from __future__ import annotations
 
 import asyncio
+from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +25,7 @@ import pytest
 
 from gateway.message import Envelope
 from protocols.read_plan import ReadRequest
-from protocols.sunspec import MARKER, NotSunSpec, discover_image, sunspec_map
+from protocols.sunspec import MARKER, ModelBlock, NotSunSpec, discover_image, sunspec_map
 from pytests.helpers import Harness, async_wait_for, free_port
 from simulators.sunspec_device import INV, MTR, SunSpecSimulator
 from transports.modbus.device import ModbusDevice
@@ -269,3 +270,27 @@ def test_the_models_are_found_again_after_the_device_was_gone(tmp_path: Path) ->
         assert f"{INV}W" in readings(h)[-1].data
 
     run(body, sim, ModbusTcpTransport, settings, tmp_path)
+
+
+def test_every_model_definition_makes_a_valid_map() -> None:
+    """Each of pysunspec2's definitions, implemented throughout (registers 1), gives a map
+    that passes the checks every map does; model 160 with its count of modules repeats."""
+    from protocols.registers import check_values
+    from protocols.sunspec import group_length, model_definition
+
+    root = resources.files("sunspec2") / "models" / "json"
+    ids = sorted(int(p.name[6:-5]) for p in root.iterdir() if p.name.startswith("model_"))
+    assert len(ids) > 100
+    for model_id in ids:
+        length = group_length(model_definition(model_id)["group"]) - 2
+        found = sunspec_map([ModelBlock(model_id, 40002, length, (1,) * length)])
+        check_values(list(found.regmap.values), (), 125, f"model {model_id}")
+        ModbusDevice(1, found.regmap, exponents=found.exponents).specs()
+    mppt = model_definition(160)["group"]
+    fixed = group_length({"points": mppt["points"]}) - 2
+    module = group_length(mppt["groups"][0])
+    body = [1] * (fixed + 2 * module)
+    body[fixed - 2] = 2  # N (the point before TmsPer): two modules
+    names = {v.name for v in sunspec_map(
+        [ModelBlock(160, 40002, len(body), tuple(body))]).regmap.values}
+    assert {"mppt_module_1_DCA", "mppt_module_2_DCA"} <= names
