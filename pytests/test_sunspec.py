@@ -294,3 +294,29 @@ def test_every_model_definition_makes_a_valid_map() -> None:
     names = {v.name for v in sunspec_map(
         [ModelBlock(160, 40002, len(body), tuple(body))]).regmap.values}
     assert {"mppt_module_1_DCA", "mppt_module_2_DCA"} <= names
+
+
+def test_a_device_without_sunspec_is_said_once_and_the_gateway_goes_on(
+        tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
+    from simulators.modbus_device import ModbusSimulator
+
+    port = free_port()
+    sim = ModbusSimulator("eg4_v58", (1,), tcp_port=port, dynamic=False)
+    settings = ModbusTcpSettings(transport="modbus_tcp", port=port, protocol_version="sunspec",
+                                 read_interval=0.2)
+
+    async def main() -> None:
+        await sim.start()
+        h = Harness(ModbusTcpTransport, settings, "notsunspec", tmp_path / "state")
+        try:
+            await h.start()
+            await async_wait_for(lambda: h.ctx.counters.extra.get("scans", 0) >= 4)
+            assert h.running and not readings(h)
+        finally:
+            await h.stop()
+            await sim.stop()
+
+    with caplog.at_level("INFO"):
+        asyncio.run(main())
+    said = [r.getMessage() for r in caplog.records if "not a SunSpec device" in r.getMessage()]
+    assert len(said) == 1 and "no SunS marker at 40000, 0, 50000" in said[0], said

@@ -31,6 +31,7 @@ async def discover_member(bus: ModbusBusTransport, m: Member) -> bool:
                 words: list[int] | None = [int(w) for w in await bus.read_words(m, request)]
             except ExceptionReply:
                 words = None  # "not here": the next base address, or the chain's end
+                await bus.heard(m)  # an answer all the same: the device is there
             except RequestFailed as exc:
                 await bus.failed(m, exc, f"SunSpec discovery at {request.address}")
                 return False

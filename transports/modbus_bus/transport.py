@@ -405,6 +405,10 @@ class ModbusBusTransport(Transport[AnySettings]):
         await self._live_link().write(m.unit, spec, words, m.policy)
         await self._heard(m)
 
+    async def heard(self, m: Member) -> None:
+        """``m`` answered, if only with a refusal (a SunSpec discovery's probes of bases)."""
+        await self._heard(m)
+
     async def _heard(self, m: Member) -> None:
         await self._change(self.schedule.answered(m.name))
         self._silence[m.name].recovered()
