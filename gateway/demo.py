@@ -108,6 +108,16 @@ PARTS: list[DemoPart] = [
                       "heatpump_meter.unit = 3\nheatpump_meter.protocol_version = sdm630\n"
                       f"heatpump_meter.read_interval = 15\nbridge = {DEVICE_TARGETS}\n"),
         wait_path="ttyRS485"),
+    DemoPart(  # SunSpec: no map to write; an inverter (1, 103, 120, 123) and a meter (203)
+        "solar", "simulators.sunspec_device",
+        lambda o, d: ["--tcp-port", str(5030 + o), "--device", "1:inverter", "--device",
+                      "2:meter"],
+        lambda o, d: ("[solar]\ntransport = modbus_bus_tcp\nhost = 127.0.0.1\n"
+                      f"port = {5030 + o}\ndevices = pv, grid\nread_interval = 5\n"
+                      "pv.unit = 1\npv.protocol_version = sunspec\n"
+                      "pv.writable = controls_WMaxLim*\n"
+                      "grid.unit = 2\ngrid.protocol_version = sunspec\nbridge = jsonl\n"),
+        wait_port=5030),
     DemoPart(
         "lighting", "simulators.qlink_controller",
         lambda o, d: ["--port", str(3040 + o), "--auto-press", "10"],
