@@ -74,6 +74,24 @@ def test_the_cycle_finder_finds_one() -> None:
     assert cycles({"a": {"b"}, "b": {"c"}, "c": {"a"}}) == [["a", "b", "c", "a"]]
 
 
+def test_no_module_reaches_for_the_transport() -> None:
+    """The roles get their collaborators passed in: no module names ``transport.py``, not even
+    for an annotation (only the package's ``__init__`` exports it)."""
+    transport = f"{PREFIX}.transport"
+    reaching = []
+    for path in sorted(PACKAGE.glob("*.py")):
+        if path.stem in ("__init__", "transport"):
+            continue
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.ImportFrom):
+                named = [node.module, *(f"{node.module}.{a.name}" for a in node.names)]
+            else:
+                named = [a.name for a in node.names] if isinstance(node, ast.Import) else []
+            if transport in named:
+                reaching.append(path.name)
+    assert reaching == []
+
+
 def test_simulations_are_not_in_the_product_package() -> None:
     assert not [p.name for p in PACKAGE.glob("sim*.py")]
 

@@ -30,9 +30,14 @@ On the network (OpenEVSE's wire):
 - ``mixed``: a mixed group's OpenEVSE members led by this node while it is acting controller.
 
 The transport (``transport = loadsharing``):
-- ``transport``: the section's life, its charger (status in, commands out, user requests);
-- ``networked``: its life as a masterless node with ``node_listen``;
-- ``openevse_roles``: its life in an OpenEVSE group; ``runtime_role``: a role taken at run time.
+- ``transport``: the section's life: the bridge's messages, the UDP link, and the role it
+  builds (collaborators passed in) and runs;
+- ``charger_driver``: the section's charger, driven (status in, the one writer's commands out,
+  supervision pulsed, user requests), handed to every role;
+- ``masterless_udp``: ``MasterlessOnUdp``, the masterless node on part 1's UDP link;
+- ``networked``: ``MasterlessOnHttp``, the masterless node with ``node_listen``;
+- ``openevse_roles``: ``OpenEvseMemberRole`` and ``OpenEvseControllerRole``, the roles in an
+  OpenEVSE group; ``runtime_role``: a role taken at run time.
 
 Not here: the simulated groups and their randomized searches live beside the other simulators
 (``simulators/loadsharing_simnet.py``, ``_simsearch``, ``_simled``, ``_simledsearch``); they

@@ -25,15 +25,12 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from transports.loadsharing import led
 from transports.loadsharing.node import FAILSAFE, Node, NodeConfig
 from transports.loadsharing.openevse_controller import OpenEvseController
 from transports.loadsharing.openevse_plan import GroupSettings, classify
-
-if TYPE_CHECKING:
-    from transports.loadsharing.network import NetworkNode
 
 #: seconds between checks that each member still names this node as its controller
 CHECK_EVERY = 10.0
@@ -173,9 +170,9 @@ class LedGroup:
             self.ctl = None
 
 
-def configure_node(net: NetworkNode, cfg: NodeConfig) -> NodeConfig:
-    """The node's configuration in a mixed group (unchanged without OpenEVSE members)."""
-    hosts = net.t.settings.openevse_members
+def configure_node(hosts: tuple[str, ...], cfg: NodeConfig) -> NodeConfig:
+    """The node's configuration in a mixed group with OpenEVSE members ``hosts`` (unchanged
+    without any)."""
     if not hosts:
         return cfg
     return led.mixed_config(cfg, hosts, cfg.fallback, margin(cfg.timeout, cfg.rho))

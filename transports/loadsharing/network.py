@@ -14,10 +14,12 @@ import asyncio
 import contextlib
 import hashlib
 import json
+import logging
 import socket
 import time
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import Any
 
 import aiohttp
 
@@ -25,6 +27,7 @@ from gateway.backoff import Backoff
 from gateway.instance import default_base_name, mdns_name, offset_port
 from transports.loadsharing import config_sync as cs
 from transports.loadsharing.auth import auth_from
+from transports.loadsharing.charger_driver import ChargerDriver
 from transports.loadsharing.discovery import Discovery
 from transports.loadsharing.group_keys import GroupKeys
 from transports.loadsharing.http_api import HttpApi
@@ -35,10 +38,7 @@ from transports.loadsharing.openevse_member import MemberState, validate
 from transports.loadsharing.peer_client import PeerClient
 from transports.loadsharing.rest import RestService
 from transports.loadsharing.runtime_role import refusal
-from transports.loadsharing.settings import parse_address
-
-if TYPE_CHECKING:
-    from transports.loadsharing.transport import LoadSharing
+from transports.loadsharing.settings import LoadSharingSettings, parse_address
 
 VERSION = "0.8"
 PUSH_ATTEMPTS = 6
@@ -50,19 +50,28 @@ def ini_values(s: Any) -> dict[str, Any]:
 
 
 class NetworkNode(RestService):
-    def __init__(self, t: LoadSharing, on_group_change: Callable[[], None]) -> None:
-        s = t.settings
-        self.t = t
-        self.log = t.log
+    """The node's side of the network. ``charger`` is the section's charger (what it shows, and
+    the masterless Node attached to it); ``on_group_change`` rebuilds the Node; ``on_join`` is
+    told an OpenEVSE controller's accepted push (the role switches)."""
+
+    def __init__(self, settings: LoadSharingSettings, charger: ChargerDriver,
+                 log: logging.Logger, *, state_dir: Path, instance: int,
+                 stopping: asyncio.Event, on_group_change: Callable[[], None],
+                 on_join: Callable[[dict[str, Any]], None]) -> None:
+        s = settings
+        self.settings, self.charger, self.log = settings, charger, log
+        self.instance = instance
+        self.stopping = stopping
         self.on_group_change = on_group_change
+        self.on_join = on_join
         host, base = parse_address(s.node_listen)
         self.bind_host = host
-        self.port = offset_port(base, t.ctx.general.instance)
+        self.port = offset_port(base, instance)
         shown = socket.gethostname() if host in _WILDCARD else host
         self.node_id = s.node_host or f"{shown}:{self.port}"
         self.device_id = hashlib.sha256(self.node_id.encode()).hexdigest()[:12]
         self.auth = auth_from(s)
-        state = t.ctx.state_dir
+        state = state_dir
         self.members = MemberStore(state, self.log)
         self.config = cs.ConfigStore(state, self.log, ini_values(s), self_host=self.node_id,
                                      peers=self.members.peers, device_id=self.device_id)
@@ -91,9 +100,9 @@ class NetworkNode(RestService):
         await self.api.start(self.bind_host, self.port)
         self.log.info("load-sharing node %s on http://%s:%d (group secret %s)", self.node_id,
                       self.bind_host, self.port, "on" if self.auth.enabled else "off")
-        s = self.t.settings
+        s = self.settings
         if s.discovery:
-            name = s.mdns_name or mdns_name(default_base_name(), self.t.ctx.general.instance)
+            name = s.mdns_name or mdns_name(default_base_name(), self.instance)
             addr = [] if self.bind_host in _WILDCARD else [self.bind_host]
             self.discovery = Discovery(name, self.port, self.device_id, VERSION, self.log,
                                        interfaces=list(s.discovery_interfaces) or None,
@@ -156,7 +165,7 @@ class NetworkNode(RestService):
 
     # -- what peers tell us -------------------------------------------------------------------
     def _on_report(self, report: Report) -> None:
-        node = self.t.node
+        node = self.charger.node
         if node is None or report.node not in node.config.members:
             self.counters["reports_dropped"] += 1
             return
@@ -260,7 +269,7 @@ class NetworkNode(RestService):
             self.group_changed(before, push=False)
         self.log.info("OpenEVSE controller %s made this node a member", controller)
         self.role, self.controller_host = "member", controller  # until the member role runs
-        self.t.join_openevse(push)
+        self.on_join(push)
         self.general_version += 1
         return 200, {"msg": "done", "config_version": self.general_version}
 
@@ -284,10 +293,10 @@ class NetworkNode(RestService):
 
     # -- the node's own status ----------------------------------------------------------------
     def status(self, with_report: bool = True) -> dict[str, Any]:
-        t, s, cfg = self.t, self.t.settings, self.group
-        shown = t.local[1] if t.local is not None else {}
+        s, cfg, local = self.settings, self.group, self.charger.local
+        shown = local[1] if local is not None else {}
         state = int(shown.get("state", 0))
-        node = t.node
+        node = self.charger.node
         total = float(shown.get("amp", 0.0))
         for c in self.clients.values():
             amp = c.status.get("amp")
@@ -325,4 +334,4 @@ class NetworkNode(RestService):
 
     async def wait_stopped(self) -> None:
         with contextlib.suppress(asyncio.CancelledError):
-            await self.t.ctx.stopping.wait()
+            await self.stopping.wait()

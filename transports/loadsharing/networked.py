@@ -1,4 +1,4 @@
-"""``LoadSharing.run`` for a masterless node with ``node_listen``: the Node on the HTTP peer link.
+"""The masterless node with ``node_listen``: the Node on the HTTP peer link.
 
 Kept apart from ``network.py`` (the node on the network: REST, peers, pushes): this is the life
 around them: the Node built from the synced group values (rebuilt when they change), the mixed
@@ -10,26 +10,28 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Awaitable, Callable
 from dataclasses import replace
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import Any
 
 from transports.loadsharing import allocation as al
+from transports.loadsharing.charger_driver import ChargerDriver
 from transports.loadsharing.mixed import LedGroup, configure_node
 from transports.loadsharing.network import NetworkNode
 from transports.loadsharing.node import MonotonicClock, Node
 from transports.loadsharing.node_config import NodeConfig, from_settings
+from transports.loadsharing.runtime_role import RoleStore
+from transports.loadsharing.settings import LoadSharingSettings
 
-if TYPE_CHECKING:
-    from transports.loadsharing.transport import LoadSharing
 
-
-def group_node_config(net: NetworkNode) -> NodeConfig:
+def group_node_config(s: LoadSharingSettings, net: NetworkNode) -> NodeConfig:
     """The Node's configuration from the synced group values and members.
 
     If the failsafe of all members would exceed the breaker (members were added after the
     values were set), the fallback is lowered to the whole amps that fit: the safe direction.
     """
-    s = net.t.settings
     v = s.bounded(net.group.values)  # the INI is the ceiling of what sync brought
     members = net.group.members
     disable = v["loadsharing_failsafe_mode"] == "disable"
@@ -45,64 +47,86 @@ def group_node_config(net: NetworkNode) -> NodeConfig:
         timeout=v["loadsharing_heartbeat_timeout"], fallback=fallback, disable_mode=disable,
         priority=net.priority, group_id=v["loadsharing_group_id"],
     )
-    return configure_node(net, cfg)
+    return configure_node(s.openevse_members, cfg)
 
 
-async def run_networked(t: LoadSharing) -> None:
-    """``LoadSharing.run`` for a node with ``node_listen``: the same life, the HTTP peer link,
-    and a new Node (a new epoch) whenever the group configuration changes."""
-    rebuild = asyncio.Event()
-    net = NetworkNode(t, rebuild.set)
-    t.net = net
-    leading = LedGroup(net.node_id, t.settings.openevse_members, t.log)
-    net.led_group = leading
-    await net.start()
-    try:
-        await t.wait_first_status()
-        initial = t.charger_offers()
+class MasterlessOnHttp:
+    """The masterless protocol on OpenEVSE's wire, with a new Node (a new epoch) whenever the
+    group configuration changes; returns when ``stopping`` or ``switch_role`` is set (an
+    OpenEVSE controller's push, kept in ``roles``, made this node its member)."""
 
-        def build() -> None:
-            cfg = group_node_config(net)
-            leading.configure(cfg, net.group.values["loadsharing_group_id"])
-            old = t.node
-            if old is not None and (old.config.members, old.config.timeout,
-                                    old.config.disable_mode) == (cfg.members, cfg.timeout,
-                                                                 cfg.disable_mode):
-                # same members and timing: new values apply in place, views kept; the new
-                # group hash stops agreement until every member has it (lower at once, raise
-                # only on agreement), without waiting a whole view hold again
-                old.reconfigure(cfg)
-                t.log.info("node %s: group version %d applied", net.node_id, net.group.version)
-                return
-            limit = t.node.limit if t.node is not None else initial
-            t.node = None
-            t.node = Node(cfg, MonotonicClock(), net, t.set_limit, epoch=t.next_epoch(),
-                          initial_limit=limit, demanding=t.local is not None and t.local[0],
-                          on_led=leading.on_led)
-            t.show_local()
-            t.log.info("node %s: group of %d (version %d), fallback %g A, view hold %.1f s",
-                       net.node_id, len(cfg.members), net.group.version, cfg.fallback,
-                       cfg.view_hold)
+    def __init__(self, settings: LoadSharingSettings, charger: ChargerDriver,
+                 log: logging.Logger, *, state_dir: Path, instance: int,
+                 stopping: asyncio.Event, switch_role: asyncio.Event, roles: RoleStore,
+                 next_epoch: Callable[[], int], show: Callable[[], Awaitable[None]]) -> None:
+        self.settings, self.charger, self.log = settings, charger, log
+        self.stopping, self.switch_role, self.roles = stopping, switch_role, roles
+        self.next_epoch = next_epoch  # the state directory's epoch counter
+        self.show = show  # the node's readings, as the transport publishes them
+        self.rebuild = asyncio.Event()
+        self.net = NetworkNode(settings, charger, log, state_dir=state_dir, instance=instance,
+                               stopping=stopping, on_group_change=self.rebuild.set,
+                               on_join=self.join_openevse)
+        self.leading = LedGroup(self.net.node_id, settings.openevse_members, log)
+        self.net.led_group = self.leading
+        self.initial = 0  # what the charger offered when this role started
 
-        build()
-        async with t.driving():
-            while not t.ctx.stopping.is_set() and not t.switch_role.is_set():
-                if rebuild.is_set():
-                    rebuild.clear()
-                    build()
-                assert t.node is not None
-                t.node.tick()
-                if leading.hosts:
-                    leading.wake.clear()
-                    await leading.step(t.node)
-                net.publish()
-                await t.show()
-                with contextlib.suppress(TimeoutError):
-                    async with asyncio.timeout(0.5):
-                        await _first(rebuild, leading.wake, t.switch_role)
-    finally:
-        await leading.stop()
-        await net.stop()
+    def join_openevse(self, push: dict[str, Any]) -> None:
+        """This node accepted an OpenEVSE controller's push: switch to the member role."""
+        self.roles.save(push)
+        self.switch_role.set()
+
+    async def run(self) -> None:
+        net, leading, charger = self.net, self.leading, self.charger
+        await net.start()
+        try:
+            await charger.wait_first_status()
+            self.initial = charger.offers()
+            self._build()
+            async with charger.driving():
+                while not self.stopping.is_set() and not self.switch_role.is_set():
+                    if self.rebuild.is_set():
+                        self.rebuild.clear()
+                        self._build()
+                    node = charger.node
+                    assert node is not None
+                    node.tick()
+                    if leading.hosts:
+                        leading.wake.clear()
+                        await leading.step(node)
+                    net.publish()
+                    await self.show()
+                    with contextlib.suppress(TimeoutError):
+                        async with asyncio.timeout(0.5):
+                            await _first(self.rebuild, leading.wake, self.switch_role)
+        finally:
+            await leading.stop()
+            await net.stop()
+
+    def _build(self) -> None:
+        net, charger = self.net, self.charger
+        cfg = group_node_config(self.settings, net)
+        self.leading.configure(cfg, net.group.values["loadsharing_group_id"])
+        old = charger.node
+        if old is not None and (old.config.members, old.config.timeout,
+                                old.config.disable_mode) == (cfg.members, cfg.timeout,
+                                                             cfg.disable_mode):
+            # same members and timing: new values apply in place, views kept; the new
+            # group hash stops agreement until every member has it (lower at once, raise
+            # only on agreement), without waiting a whole view hold again
+            old.reconfigure(cfg)
+            self.log.info("node %s: group version %d applied", net.node_id, net.group.version)
+            return
+        limit = old.limit if old is not None else self.initial
+        charger.node = None
+        node = Node(cfg, MonotonicClock(), net, charger.set_limit, epoch=self.next_epoch(),
+                    initial_limit=limit,
+                    demanding=charger.local is not None and charger.local[0],
+                    on_led=self.leading.on_led)
+        charger.attach(node)
+        self.log.info("node %s: group of %d (version %d), fallback %g A, view hold %.1f s",
+                      net.node_id, len(cfg.members), net.group.version, cfg.fallback,
+                      cfg.view_hold)
 
 
 async def _first(*events: asyncio.Event) -> None:

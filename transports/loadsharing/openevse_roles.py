@@ -1,15 +1,17 @@
-"""``LoadSharing.run`` for a node in an OpenEVSE group (``loadsharing_role`` member or controller).
+"""A node in an OpenEVSE group (``loadsharing_role`` member or controller), as two roles.
 
-The transport keeps what it already does for a masterless node: the charger's readings
-(``t.local``), its one writer of the charger (``t.set_limit`` -> ``ChargerWriter``),
-supervision and pulses. This module swaps the masterless ``Node`` for the OpenEVSE role:
+The transport builds one and runs it, handing it what it uses: the settings, the section's
+:class:`~transports.loadsharing.charger_driver.ChargerDriver` (the charger's readings, the one
+writer of its current, supervision and pulses), the node's address, the logger, the stopping
+event and how to publish a reading. Each swaps the masterless ``Node`` for the OpenEVSE role:
 
-- ``member``: :class:`~transports.loadsharing.openevse_member.OpenEvseMemberNode` on
-  ``node_listen``; an OpenEVSE controller adds it, pushes the group keys and sends its frames.
-  Its limit goes into the transport's command queue, like the masterless node's.
-- ``controller``: :class:`~transports.loadsharing.openevse_controller.OpenEvseController` with
-  this node's own charger as a member, and a REST API on ``node_listen`` where a user adds and
-  removes OpenEVSE members (``POST /loadsharing/peers`` with the reciprocal add, ``DELETE
+- :class:`OpenEvseMemberRole`: :class:`~transports.loadsharing.openevse_member.OpenEvseMemberNode`
+  on ``node_listen``; an OpenEVSE controller adds it, pushes the group keys and sends its
+  frames. Its limit goes to the charger driver, like the masterless node's.
+- :class:`OpenEvseControllerRole`:
+  :class:`~transports.loadsharing.openevse_controller.OpenEvseController` with this node's own
+  charger as a member, and a REST API on ``node_listen`` where a user adds and removes OpenEVSE
+  members (``POST /loadsharing/peers`` with the reciprocal add, ``DELETE
   /loadsharing/peers/{host}`` with the role reset); the list is persisted (``members.py``).
 """
 
@@ -19,31 +21,30 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
+import logging
 import time
-from typing import TYPE_CHECKING, Any
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
 
 from transports.loadsharing.auth import auth_from
+from transports.loadsharing.charger_driver import ChargerDriver
 from transports.loadsharing.group_keys import GroupKeys
 from transports.loadsharing.http_api import HttpApi
 from transports.loadsharing.members import MemberStore, valid_host
 from transports.loadsharing.node_config import READING_EVERY
 from transports.loadsharing.openevse_controller import GroupSettings, OpenEvseController
-from transports.loadsharing.openevse_member import (
-    MemberState,
-    OpenEvseMemberNode,
-)
-from transports.loadsharing.settings import node_address
+from transports.loadsharing.openevse_member import MemberState, OpenEvseMemberNode
+from transports.loadsharing.runtime_role import RoleStore
+from transports.loadsharing.settings import LoadSharingSettings
 
-if TYPE_CHECKING:
-    from transports.loadsharing.transport import LoadSharing
-
-def _address(t: LoadSharing) -> tuple[str, int, str]:
-    """(bind host, port with the instance offset, how peers reach us)."""
-    return node_address(t.settings.node_listen, t.settings.node_host, t.ctx.general.instance)
+#: (bind host, port with the instance offset, how peers reach us): ``settings.node_address``
+Address = tuple[str, int, str]
+#: publishes one reading about this node's device
+Publish = Callable[[dict[str, Any]], Awaitable[None]]
 
 
-def group_settings(t: LoadSharing) -> GroupSettings:
-    s = t.settings
+def group_settings(s: LoadSharingSettings) -> GroupSettings:
     return GroupSettings.from_keys(
         GroupKeys.from_settings(s),
         offline_margin=max(2.0, 2 * s.loadsharing_clock_tolerance
@@ -51,28 +52,12 @@ def group_settings(t: LoadSharing) -> GroupSettings:
         response_time=s.loadsharing_response_time)
 
 
-async def run_openevse_role(t: LoadSharing, role: str,
-                            pushed: dict[str, Any] | None = None) -> None:
-    """The transport's life in an OpenEVSE group; returns when the transport stops, or when a
-    member that joined at run time (``pushed``: the controller's push) is reset."""
-    s = t.settings
-    if not s.node_listen:
-        raise ValueError("loadsharing_role needs node_listen (OpenEVSE peers speak HTTP)")
-    bind, port, me = _address(t)
-    await t.wait_first_status()
-    async with t.driving():
-        if role == "member":
-            await _member(t, bind, port, me, pushed)
-        else:
-            await _controller(t, bind, port, me)
+class RoleReadings:
+    """A role's readings (the masterless node's keys): on change or every ``READING_EVERY``
+    seconds."""
 
-
-class Shown:
-    """The transport's readings in a role (the masterless node's keys): on change or every
-    ``READING_EVERY`` seconds."""
-
-    def __init__(self, t: LoadSharing, me: str) -> None:
-        self.t, self.me = t, me
+    def __init__(self, log: logging.Logger, publish: Publish) -> None:
+        self.log, self.publish = log, publish
         self.last: tuple[Any, ...] = ()
         self.at = 0.0
 
@@ -83,87 +68,108 @@ class Shown:
         if shown == self.last and now - self.at < READING_EVERY:
             return
         if shown[:3] != self.last[:3]:
-            self.t.log.info("load sharing (OpenEVSE %s): limit %s A%s, %d online, %d offline",
-                            mode, "-" if limit is None else limit,
-                            ", failsafe" if failsafe else "", online, offline)
+            self.log.info("load sharing (OpenEVSE %s): limit %s A%s, %d online, %d offline",
+                          mode, "-" if limit is None else limit,
+                          ", failsafe" if failsafe else "", online, offline)
         self.last, self.at = shown, now
         data: dict[str, Any] = {
             "loadsharing_mode": mode, "loadsharing_failsafe": failsafe,
             "loadsharing_online_count": online, "loadsharing_offline_count": offline}
         if limit is not None:  # no limit while not in a group
             data["loadsharing_limit"] = limit
-        await self.t.ctx.emit("reading", data, info=self.t.device_info())
+        await self.publish(data)
 
 
-async def _member(t: LoadSharing, bind: str, port: int, me: str,
-                  pushed: dict[str, Any] | None) -> None:
-    s = t.settings
-    state = MemberState(hostname=me, serial=hashlib.sha256(me.encode()).hexdigest()[:12],
-                        min_current=s.loadsharing_min_current,
-                        max_current=s.loadsharing_max_current,
-                        priority=s.loadsharing_priority, charger_min=s.loadsharing_min_current)
-    state.config["loadsharing_failsafe_safe_current"] = s.loadsharing_failsafe_safe_current
-    if pushed is not None:  # joined at run time (runtime_role.py): the push made us a member
-        state.post_config(pushed, time.monotonic())
+class OpenEvseMemberRole:
+    """This node as an OpenEVSE controller's member; returns when ``stopping`` is set, or when
+    a member that joined at run time (``pushed``: the controller's push, kept in ``roles``) is
+    reset by its controller."""
 
-    async def no_command(data: dict[str, Any]) -> None:
-        return None  # the limit goes through the transport's queue below
+    def __init__(self, settings: LoadSharingSettings, charger: ChargerDriver,
+                 log: logging.Logger, *, address: Address, stopping: asyncio.Event,
+                 publish: Publish, roles: RoleStore,
+                 pushed: dict[str, Any] | None = None) -> None:
+        self.settings, self.charger, self.address = settings, charger, address
+        self.log, self.stopping, self.roles, self.pushed = log, stopping, roles, pushed
+        self.readings = RoleReadings(log, publish)
 
-    node = OpenEvseMemberNode(state, no_command, listen_port=port, listen_host=bind,
-                              advertised=me, log=t.log, auth=auth_from(s))
-    await node.start()
-    t.log.info("OpenEVSE member on %s: waiting for a controller's push", me)
-    last: int | None = None
-    shown = Shown(t, me)
-    # the INI is a ceiling: a controller's frame may lower the charger, never raise it above
-    # this node's group maximum (when set) or the charger's maximum (docs/loadsharing.md)
-    ceiling = s.loadsharing_group_max_current * s.loadsharing_safety_factor
-    try:
-        while not t.ctx.stopping.is_set():
-            if t.local is not None:
-                node.charger_shown(t.local[1])
-            state.max_current = t.writer.allocation_max()  # what the controller allocates from
-            amps, _ = state.limit(time.monotonic())
-            if amps is not None and ceiling > 0:
-                amps = min(amps, int(ceiling))
-            if amps is None:
-                # not yet (or no longer) in the controller's group: the failsafe current, never
-                # the charger's own maximum (a restarted member waits for the next push like
-                # this; a member that left hands over to the masterless node, which raises it
-                # only on agreement)
-                amps = int(s.fallback_current)
-            if amps != last:
-                t.set_limit(amps)
-                last = amps
-            if pushed is not None and not state.is_member:
-                t.log.info("the OpenEVSE controller reset this node's role: back to the "
-                           "masterless protocol")
-                t.roles.clear()
-                return
-            now = time.monotonic()
-            fs = state.failsafe(now)
-            await shown.show("member" if state.is_member else "waiting",
-                             state.limit(now)[0], fs, 0 if fs or not state.is_member else 1,
-                             1 if fs else 0)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.25):
-                    await t.ctx.stopping.wait()
-    finally:
-        await node.stop()
+    async def run(self) -> None:
+        await self.charger.wait_first_status()
+        async with self.charger.driving():
+            await self._member()
+
+    async def _member(self) -> None:
+        s, t, pushed = self.settings, self.charger, self.pushed
+        bind, port, me = self.address
+        state = MemberState(hostname=me, serial=hashlib.sha256(me.encode()).hexdigest()[:12],
+                            min_current=s.loadsharing_min_current,
+                            max_current=s.loadsharing_max_current,
+                            priority=s.loadsharing_priority,
+                            charger_min=s.loadsharing_min_current)
+        state.config["loadsharing_failsafe_safe_current"] = s.loadsharing_failsafe_safe_current
+        if pushed is not None:  # joined at run time (runtime_role.py): the push made us a member
+            state.post_config(pushed, time.monotonic())
+
+        async def no_command(data: dict[str, Any]) -> None:
+            return None  # the limit goes through the charger driver below
+
+        node = OpenEvseMemberNode(state, no_command, listen_port=port, listen_host=bind,
+                                  advertised=me, log=self.log, auth=auth_from(s))
+        await node.start()
+        self.log.info("OpenEVSE member on %s: waiting for a controller's push", me)
+        last: int | None = None
+        # the INI is a ceiling: a controller's frame may lower the charger, never raise it
+        # above this node's group maximum (when set) or the charger's maximum
+        # (docs/loadsharing.md)
+        ceiling = s.loadsharing_group_max_current * s.loadsharing_safety_factor
+        try:
+            while not self.stopping.is_set():
+                if t.local is not None:
+                    node.charger_shown(t.local[1])
+                state.max_current = t.allocation_max()  # what the controller allocates from
+                amps, _ = state.limit(time.monotonic())
+                if amps is not None and ceiling > 0:
+                    amps = min(amps, int(ceiling))
+                if amps is None:
+                    # not yet (or no longer) in the controller's group: the failsafe current,
+                    # never the charger's own maximum (a restarted member waits for the next
+                    # push like this; a member that left hands over to the masterless node,
+                    # which raises it only on agreement)
+                    amps = int(s.fallback_current)
+                if amps != last:
+                    t.set_limit(amps)
+                    last = amps
+                if pushed is not None and not state.is_member:
+                    self.log.info("the OpenEVSE controller reset this node's role: back to the "
+                                  "masterless protocol")
+                    self.roles.clear()
+                    return
+                now = time.monotonic()
+                fs = state.failsafe(now)
+                await self.readings.show("member" if state.is_member else "waiting",
+                                         state.limit(now)[0], fs,
+                                         0 if fs or not state.is_member else 1, 1 if fs else 0)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.25):
+                        await self.stopping.wait()
+        finally:
+            await node.stop()
 
 
 class ControllerService:
     """The REST side of a controller node (:class:`~transports.loadsharing.http_api.Service`)."""
 
-    def __init__(self, t: LoadSharing, ctl: OpenEvseController, store: MemberStore,
-                 me: str) -> None:
-        self.t, self.ctl, self.store, self.me = t, ctl, store, me
-        self.auth = auth_from(t.settings)
+    def __init__(self, settings: LoadSharingSettings, charger: ChargerDriver,
+                 ctl: OpenEvseController, store: MemberStore, me: str) -> None:
+        self.settings, self.charger = settings, charger
+        self.ctl, self.store, self.me = ctl, store, me
+        self.auth = auth_from(settings)
         self.started = time.monotonic()
 
     def status(self) -> dict[str, Any]:
-        shown = self.t.local[1] if self.t.local is not None else {}
-        s = self.t.settings
+        local = self.charger.local
+        shown = local[1] if local is not None else {}
+        s = self.settings
         return {"amp": round(float(shown.get("amp", 0.0)) * 1000),
                 "voltage": shown.get("voltage", 0), "pilot": shown.get("pilot", 0),
                 "state": shown.get("state", 0), "vehicle": shown.get("vehicle", 0),
@@ -196,7 +202,7 @@ class ControllerService:
                                           response_time=g.response_time)
         except ValueError as exc:
             return 400, {"msg": str(exc)}
-        why = self.t.settings.above_ceiling(keys)
+        why = self.settings.above_ceiling(keys)
         if why is not None:
             return 400, {"msg": why}
         if new == g:
@@ -248,34 +254,52 @@ class ControllerService:
         return None  # a controller takes no allocation frames
 
 
-async def _controller(t: LoadSharing, bind: str, port: int, me: str) -> None:
-    s = t.settings
-    demanding: tuple[bool, int] | None = None
-    shown = Shown(t, me)
-    ctl = OpenEvseController(me, group_settings(t), log=t.log, on_local_limit=t.set_limit)
-    store = MemberStore(t.ctx.state_dir, t.log)
-    service = ControllerService(t, ctl, store, me)
-    api = HttpApi(service, t.log)
-    await ctl.start()
-    await api.start(bind, port)
-    for host in store.peers:
-        await ctl.add_member(host, reciprocal=False)
-    t.log.info("OpenEVSE controller on %s with %d member(s)", me, len(store.peers))
-    try:
-        while not t.ctx.stopping.is_set():
-            local = (t.local[0], t.writer.allocation_max()) if t.local is not None else None
-            if local is not None and local != demanding:
-                demanding = local
-                ctl.set_local(local[0], s.loadsharing_min_current, local[1],
-                              s.loadsharing_priority)
-            api.hub.publish(service.status())  # uptime moves: /ws never goes silent
-            states = list(ctl.last_plan.states.values()) if ctl.last_plan else []
-            online = sum(1 for x in states if x == "online")
-            await shown.show("controller", ctl.local_sent, False, online + 1,
-                             len(states) - online)
-            with contextlib.suppress(TimeoutError):
-                async with asyncio.timeout(0.5):
-                    await t.ctx.stopping.wait()
-    finally:
-        await api.stop()
-        await ctl.stop()
+
+class OpenEvseControllerRole:
+    """This node as an OpenEVSE controller, its own charger one of the members, with the
+    persisted member list in ``state_dir``; returns when ``stopping`` is set."""
+
+    def __init__(self, settings: LoadSharingSettings, charger: ChargerDriver,
+                 log: logging.Logger, *, address: Address, stopping: asyncio.Event,
+                 publish: Publish, state_dir: Path) -> None:
+        self.settings, self.charger, self.address = settings, charger, address
+        self.log, self.stopping, self.state_dir = log, stopping, state_dir
+        self.readings = RoleReadings(log, publish)
+
+    async def run(self) -> None:
+        await self.charger.wait_first_status()
+        async with self.charger.driving():
+            await self._controller()
+
+    async def _controller(self) -> None:
+        s, t = self.settings, self.charger
+        bind, port, me = self.address
+        demanding: tuple[bool, int] | None = None
+        ctl = OpenEvseController(me, group_settings(s), log=self.log,
+                                 on_local_limit=t.set_limit)
+        store = MemberStore(self.state_dir, self.log)
+        service = ControllerService(s, t, ctl, store, me)
+        api = HttpApi(service, self.log)
+        await ctl.start()
+        await api.start(bind, port)
+        for host in store.peers:
+            await ctl.add_member(host, reciprocal=False)
+        self.log.info("OpenEVSE controller on %s with %d member(s)", me, len(store.peers))
+        try:
+            while not self.stopping.is_set():
+                local = (t.local[0], t.allocation_max()) if t.local is not None else None
+                if local is not None and local != demanding:
+                    demanding = local
+                    ctl.set_local(local[0], s.loadsharing_min_current, local[1],
+                                  s.loadsharing_priority)
+                api.hub.publish(service.status())  # uptime moves: /ws never goes silent
+                states = list(ctl.last_plan.states.values()) if ctl.last_plan else []
+                online = sum(1 for x in states if x == "online")
+                await self.readings.show("controller", ctl.local_sent, False, online + 1,
+                                         len(states) - online)
+                with contextlib.suppress(TimeoutError):
+                    async with asyncio.timeout(0.5):
+                        await self.stopping.wait()
+        finally:
+            await api.stop()
+            await ctl.stop()

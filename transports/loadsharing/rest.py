@@ -1,7 +1,7 @@
 """What the REST routes do (``http_api.py`` speaks HTTP; this decides), OpenEVSE's answers.
 
 A mixin of :class:`~transports.loadsharing.network.NetworkNode`: the attributes it uses
-(``group``, ``config``, ``members``, ``clients``, ``t`` ...) are set there.
+(``group``, ``config``, ``members``, ``clients``, ``settings``, ``charger`` ...) are set there.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ def _same_host(a: str, b: str) -> bool:
 class RestService:
     # -- /config ------------------------------------------------------------------------------
     def config_view(self: NetworkNode) -> dict[str, Any]:
-        s, cfg = self.t.settings, self.group
+        s, cfg = self.settings, self.group
         return {
             "wifi_serial": self.device_id.upper(), "hostname": self.node_id,
             "config_version": self.general_version,
@@ -64,7 +64,7 @@ class RestService:
         merged = {**self.group.values, **synced}
         msg = cs.check_group(merged, len(self.group.members)) if synced else None
         if msg is None:
-            msg = self.t.settings.above_ceiling(synced)
+            msg = self.settings.above_ceiling(synced)
         if msg is None and "loadsharing_priority" in ls:
             p = ls["loadsharing_priority"]
             if isinstance(p, bool) or not isinstance(p, int):
@@ -100,7 +100,7 @@ class RestService:
     def _entry(self: NetworkNode, host: str) -> dict[str, Any]:
         c = self.clients.get(host)
         st = c.status if c is not None else {}
-        node = self.t.node
+        node = self.charger.node
         ip = host.rsplit(":", 1)[0] if host.count(":") == 1 else host
         return {
             "id": str(st.get("id", "")), "name": str(st.get("hostname", host)), "host": host,
@@ -175,7 +175,7 @@ class RestService:
         return issues
 
     def ls_status(self: NetworkNode) -> dict[str, Any]:
-        node = self.t.node
+        node = self.charger.node
         now = time.monotonic()
         peers = []
         for host in self.members.peers:
@@ -220,7 +220,7 @@ class RestService:
             "config_version": self.group.version, "config_hash": self.group.hash,
             "mode": node.mode if node is not None else "starting",
             "limit": node.limit if node is not None else None,
-            "charger": self.t.charger_view(),
+            "charger": self.charger.view(),
             **(self.led_group.snapshot(node) if self.led_group and self.led_group.hosts else {}),
         }
 

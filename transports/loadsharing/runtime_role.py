@@ -3,7 +3,7 @@
 A user with an OpenEVSE controller adds the gateway from the controller's own UI: the controller
 sends the reciprocal add, then pushes ``loadsharing_role = member`` with its host. A masterless
 node that is alone (or whose only peer is that controller, from its reciprocal add) accepts the
-push, keeps it here and runs the member role (``openevse_roles.py``) until the controller resets
+push, keeps it here and runs the member role (``OpenEvseMemberRole``) until the controller resets
 the role, then goes back to the masterless protocol. A node whose role is set in its INI file
 never switches: the file wins, this file is not read.
 """

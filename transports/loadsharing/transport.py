@@ -2,13 +2,20 @@
 
 The protocol is :class:`~transports.loadsharing.node.Node`; this module only moves things:
 
-- the ``charger`` section is a Charger (``transports/charger.py``): its status events become
-  the node's local status, and this node is the one writer of its current: the node's limit and
-  the user's preference (writes from MQTT, REST or any transport, forwarded here by the charger
+- the ``charger`` section is a Charger (``transports/charger.py``), driven by one
+  :class:`~transports.loadsharing.charger_driver.ChargerDriver`: its status events become the
+  node's local status, and this node is the one writer of its current: the node's limit and the
+  user's preference (writes from MQTT, REST or any transport, forwarded here by the charger
   section) meet in :class:`~transports.loadsharing.charger_writer.ChargerWriter`, which also puts
-  back a charger found above its limit; a lower limit goes out at once;
-- supervision: configured with the fallback current and pulsed from here, so a dead gateway
-  *or* a dead load-sharing process leaves the charger at the safe current;
+  back a charger found above its limit; a lower limit goes out at once; supervision is set up
+  with the fallback current and pulsed, so a dead gateway *or* a dead load-sharing process
+  leaves the charger at the safe current;
+- the role: this builds the one the file or a controller's push chose
+  (:class:`~transports.loadsharing.masterless_udp.MasterlessOnUdp` without ``node_listen``;
+  with it :class:`~transports.loadsharing.networked.MasterlessOnHttp`,
+  :class:`~transports.loadsharing.openevse_roles.OpenEvseMemberRole` or
+  :class:`~transports.loadsharing.openevse_roles.OpenEvseControllerRole`), handing it the
+  charger driver, the settings and the context's parts it uses, and runs it;
 - peers: part 1 carries reports as JSON datagrams over UDP between ``listen`` and ``peers``
   addresses (loopback in the tests and the demo); with ``node_listen`` the reports go over
   HTTP/WebSocket instead, OpenEVSE's wire (``network.py``, docs/loadsharing_network.md).
@@ -17,11 +24,8 @@ The protocol is :class:`~transports.loadsharing.node.Node`; this module only mov
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import itertools
 import os
 import time
-from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from gateway.backoff import FailureLog
@@ -38,26 +42,15 @@ from gateway.message import (
 )
 from transports import register
 from transports.base import Transport, TransportContext
-from transports.charger import (
-    REQUEST_COMMAND,
-    STATUS_EVENT,
-    AcknowledgeMissed,
-    ChargerStatus,
-    Command,
-    Pulse,
-    Supervise,
-    UserRequest,
-    command,
-    missed_pulse,
-)
-from transports.loadsharing.charger_writer import ChargerWriter, PreferenceStore
-from transports.loadsharing.demand import wire_state
+from transports.charger import REQUEST_COMMAND, STATUS_EVENT, ChargerStatus
+from transports.loadsharing.charger_driver import ChargerDriver
+from transports.loadsharing.masterless_udp import MasterlessOnUdp
 from transports.loadsharing.messages import MessageError, Report, decode, encode
 from transports.loadsharing.network import NetworkNode
-from transports.loadsharing.networked import run_networked
-from transports.loadsharing.node import FAILSAFE, DemandTracker, MonotonicClock, Node
-from transports.loadsharing.node_config import FIRST_STATUS_WAIT, READING_EVERY, from_settings
-from transports.loadsharing.openevse_roles import run_openevse_role
+from transports.loadsharing.networked import MasterlessOnHttp
+from transports.loadsharing.node import Node
+from transports.loadsharing.node_config import READING_EVERY, from_settings
+from transports.loadsharing.openevse_roles import OpenEvseControllerRole, OpenEvseMemberRole
 from transports.loadsharing.runtime_role import RoleStore
 from transports.loadsharing.settings import LoadSharingSettings, node_address, parse_address
 
@@ -110,31 +103,22 @@ class LoadSharing(Transport[LoadSharingSettings]):
 
     def __init__(self, settings: LoadSharingSettings, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
-        self.node: Node | None = None
         self.net: NetworkNode | None = None  # with node_listen: the HTTP/WS side (part 2)
-        self.demand = DemandTracker()
         self.link_failure = FailureLog(self.log, "load-sharing peer link")
-        self.charger_failure = FailureLog(self.log, f"charger {settings.charger!r} commands")
         self._udp: UdpLink | None = None
-        self._kick = asyncio.Event()  # the command loop has work
-        self._new_limit: int | None = None  # the node's latest limit, not yet handled
-        self._outbox: list[Command] = []
-        self.first_status = asyncio.Event()  # the charger has reported
-        self.charger_status: ChargerStatus | None = None  # the charger's latest status
-        self.preferences = PreferenceStore(ctx.state_dir, self.log)
-        self.writer = ChargerWriter(
-            max_current=settings.loadsharing_max_current,
-            min_current=settings.loadsharing_min_current,
-            grace=min(1.0, settings.loadsharing_response_time / 2),
-            preference=self.preferences.load(), log=self.log)
-        self._ids = itertools.count(1)
         self._last_reading = 0.0
         self._last_shown: tuple[Any, ...] = ()
-        self.local: tuple[bool, dict[str, Any]] | None = None  # the latest charger status
         self.switch_role = asyncio.Event()  # the role changed at run time (runtime_role.py)
         self.roles = RoleStore(ctx.state_dir, self.log)
-        for key in ("bad_reports", "reports_in", "reports_out", "charger_commands"):
+        for key in ("bad_reports", "reports_in", "reports_out"):
             ctx.counters.extra[key] = 0
+        self.charger = ChargerDriver(settings, self.log, name=ctx.name, state_dir=ctx.state_dir,
+                                     counters=ctx.counters, emit=ctx.emit)
+
+    @property
+    def node(self) -> Node | None:
+        """The masterless node now driving the charger, if any (the role attaches it)."""
+        return self.charger.node
 
     # -- life ---------------------------------------------------------------------------------
     async def connect(self) -> None:
@@ -158,27 +142,11 @@ class LoadSharing(Transport[LoadSharingSettings]):
         if s.node_listen:
             await self._run_on_http()
             return
-        await self.wait_first_status()
-        initial = self.charger_offers()  # the node lowers it to the fallback at once
-        self.take_over()
         link = self._udp if self._udp is not None else NoLink()
-        self.node = Node(
-            from_settings(s, self.ctx.general.instance), MonotonicClock(), link, self.set_limit,
-            epoch=self.next_epoch(), initial_limit=initial,
-            demanding=self.local is not None and self.local[0],
-        )
-        self.log.info(
-            "node %s in a group of %d; fallback %g A; view hold %.0f s",
-            self.node.config.node_id, len(self.node.config.members), s.fallback_current,
-            self.node.config.view_hold,
-        )
-        self.show_local()
-        async with self.driving():
-            while not self.ctx.stopping.is_set():
-                self.node.tick()
-                await self.show()
-                with contextlib.suppress(TimeoutError):
-                    await asyncio.wait_for(self.ctx.stopping.wait(), 0.5)
+        await MasterlessOnUdp(
+            from_settings(s, self.ctx.general.instance), self.charger, link, self.log,
+            fallback=s.fallback_current, stopping=self.ctx.stopping,
+            next_epoch=self.next_epoch, show=self.show).run()
 
     def device_info(self) -> dict[str, str]:
         """Who the describe is about: the same node id as the readings' (HA's device)."""
@@ -192,23 +160,39 @@ class LoadSharing(Transport[LoadSharingSettings]):
                 "device_model": "load-sharing node"}
 
     async def _run_on_http(self) -> None:
-        """OpenEVSE's wire: the masterless node (``network.py``), or a role in an OpenEVSE group
-        (``openevse_roles.py``): set in the file, or taken at run time from a controller's push
-        and left when it resets the role (``runtime_role.py``)."""
+        """OpenEVSE's wire: the masterless node (``networked.py``), or a role in an OpenEVSE
+        group (``openevse_roles.py``): set in the file, or taken at run time from a controller's
+        push and left when it resets the role (``runtime_role.py``)."""
         configured = self.settings.loadsharing_role
         while not self.ctx.stopping.is_set():
             self.switch_role.clear()
-            self.take_over()
+            self.charger.take_over()
             pushed = None if configured else self.roles.load()
             if configured or pushed is not None:
-                await run_openevse_role(self, configured or "member", pushed)
+                await self._openevse_role(configured or "member", pushed).run()
             else:
-                await run_networked(self)
+                role = self._masterless_on_http()
+                self.net = role.net
+                await role.run()
 
-    def join_openevse(self, push: dict[str, Any]) -> None:
-        """A masterless node accepted an OpenEVSE controller's push: switch to the member role."""
-        self.roles.save(push)
-        self.switch_role.set()
+    def _masterless_on_http(self) -> MasterlessOnHttp:
+        ctx = self.ctx
+        return MasterlessOnHttp(
+            self.settings, self.charger, self.log, state_dir=ctx.state_dir,
+            instance=ctx.general.instance, stopping=ctx.stopping, switch_role=self.switch_role,
+            roles=self.roles, next_epoch=self.next_epoch, show=self.show)
+
+    def _openevse_role(self, role: str, pushed: dict[str, Any] | None,
+                       ) -> OpenEvseMemberRole | OpenEvseControllerRole:
+        s, ctx = self.settings, self.ctx
+        address = node_address(s.node_listen, s.node_host, ctx.general.instance)
+        if role == "member":
+            return OpenEvseMemberRole(s, self.charger, self.log, address=address,
+                                      stopping=ctx.stopping, publish=self.emit_reading,
+                                      roles=self.roles, pushed=pushed)
+        return OpenEvseControllerRole(s, self.charger, self.log, address=address,
+                                      stopping=ctx.stopping, publish=self.emit_reading,
+                                      state_dir=ctx.state_dir)
 
     async def close(self) -> None:
         if self._udp is not None and self._udp.transport is not None:
@@ -242,31 +226,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
         counters.extra["reports_in"] = int(counters.extra["reports_in"]) + 1
         self.node.receive(report)
 
-    # -- the charger ----------------------------------------------------------------------------
-    def charger_offers(self) -> int:
-        """What the charger offers now, as it last reported (0: paused or unknown)."""
-        st = self.charger_status
-        if st is None or st.paused or st.offered_current is None:
-            return 0
-        return int(st.offered_current)
-
-    def charger_view(self) -> dict[str, Any]:
-        """What ``/loadsharing/status`` shows of the charger: what it offers, what this node
-        wants it to offer, the user's preference, how often it had to be put back."""
-        st, w = self.charger_status, self.writer
-        return {"offered": None if st is None else st.offered_current,
-                "state": None if st is None else st.state, "target": w.target(),
-                "user_max_current": w.preference.max_current,
-                "user_paused": w.preference.paused, "corrections": w.corrections}
-
-    def take_over(self) -> None:
-        """A node or role starts driving the charger: its first limit goes out whatever was
-        sent before (a role change or a new node never leaves an old value standing)."""
-        self.writer.restart()
-        self._new_limit = None
-        self._outbox.clear()
-        self.node = None  # a new Node (a new epoch): none of the old one's limit carries over
-
+    # -- the charger section's messages ---------------------------------------------------------
     def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]]:
         """The node as one device (the runner answers ``describe`` commands from this)."""
         return [(self.device_info(), _specs())]
@@ -278,7 +238,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
             # it): the charger section's forwarded user writes are the only ones taken here
             if envelope.source_transport == self.settings.charger and \
                     data.get("command") == REQUEST_COMMAND:
-                result = await self._user_request(data)
+                result = self.charger.user_request(data)
             else:
                 result = {"ok": False, "result": "unsupported",
                           "detail": f"{self.ctx.name} takes user writes from its charger "
@@ -295,126 +255,18 @@ class LoadSharing(Transport[LoadSharingSettings]):
                 self.ctx.counters.error(f"charger status: {exc}")
                 self.log.warning("bad status from charger %s: %s", self.settings.charger, exc)
                 return
-            self._charger_reading(status)
+            self.charger.on_status(status)
         elif envelope.kind == EVENT and data.get("event") == "command_result":
-            if data.get("ok"):
-                self.charger_failure.recovered()
-            else:
-                self.charger_failure.failed(f"{data.get('command')}: {data.get('result')} "
-                                            f"{data.get('detail', '')}")
-                if missed_pulse(data):
-                    self._queue([AcknowledgeMissed(), *self.writer.resend(time.monotonic())])
-
-    async def _user_request(self, data: dict[str, Any]) -> dict[str, Any]:
-        """A write to the charger by someone else (MQTT, REST, a transport), forwarded by the
-        charger section: it becomes this member's preference. Returns the answer (what was
-        applied and why), which goes back through the charger section to the requester."""
-        try:
-            req = UserRequest.from_command(data)
-        except ValueError as exc:
-            return {"ok": False, "result": "rejected", "detail": str(exc)}
-        cmds, result = self.writer.request(req, time.monotonic())
-        self.preferences.save(self.writer.preference)
-        self.log.info("user request %s: %s", data.get("request_id", ""), result["detail"])
-        self._queue(cmds)
-        self.show_local()
-        return dict(result)
-
-    def _charger_reading(self, status: ChargerStatus) -> None:
-        self.charger_status = status
-        self.demand.update(status)
-        self.first_status.set()
-        self.show_local()
-        self._queue(self.writer.on_status(status, time.monotonic()))
-
-    def local_demand(self) -> bool:
-        """The EV wants charge and the user hasn't paused this charger."""
-        return self.demand.demanding and self.writer.wants_charge
-
-    def show_local(self) -> None:
-        """The charger's status to the node (demand, what peers display, the user's max)."""
-        st = self.charger_status
-        if st is None:
-            return
-        shown = {
-            "amp": st.measured_current or 0.0,
-            "voltage": st.voltage or 0.0,
-            "pilot": st.offered_current or 0.0,
-            "state": wire_state(st),
-            "vehicle": 1 if st.vehicle_connected else 0,
-        }
-        self.local = (self.local_demand(), shown)
-        if self.node is not None:
-            self.node.set_local(self.local[0], max_current=self.writer.allocation_max(),
-                                **shown)
-
-    def set_limit(self, amps: int) -> None:
-        """From the node or role (synchronous): the command loop sends it, newest first."""
-        self.demand.commanded(amps)
-        self._new_limit = amps
-        self._kick.set()
-
-    def _queue(self, cmds: list[Command]) -> None:
-        if cmds:
-            self._outbox.extend(cmds)
-            self._kick.set()
-
-    async def _command_loop(self) -> None:
-        while True:
-            await self._kick.wait()
-            self._kick.clear()
-            if self._new_limit is not None:
-                amps, self._new_limit = self._new_limit, None
-                stop = amps == 0 and self.settings.loadsharing_failsafe_mode == "disable" and (
-                    self.node is not None and self.node.mode == FAILSAFE)
-                self._outbox.extend(self.writer.set_limit(amps, time.monotonic(), stop=stop))
-            while self._outbox:
-                await self._command(command(self._outbox.pop(0)))
-
-    async def _command(self, data: dict[str, Any]) -> None:
-        data = {**data, "request_id": f"{self.ctx.name}-{next(self._ids)}"}
-        counters = self.ctx.counters
-        counters.extra["charger_commands"] = int(counters.extra["charger_commands"]) + 1
-        self.log.debug("to %s: %s", self.settings.charger, data)
-        await self.ctx.emit(COMMAND, data, target=self.settings.charger)
-
-    # -- what a role uses to drive the charger ---------------------------------------------------
-    async def wait_first_status(self) -> None:
-        """The charger's first status, or ``FIRST_STATUS_WAIT`` s (then the node starts paused)."""
-        with contextlib.suppress(TimeoutError):
-            async with asyncio.timeout(FIRST_STATUS_WAIT):
-                await self.first_status.wait()
-
-    @contextlib.asynccontextmanager
-    async def driving(self) -> AsyncIterator[None]:
-        """While inside, this section drives its charger: supervision set up, limits sent in
-        order (the command loop), supervision pulsed."""
-        await self._start_supervision()
-        workers = [asyncio.create_task(self._command_loop())]
-        if self.settings.charger_heartbeat > 0:
-            workers.append(asyncio.create_task(self._pulse_loop()))
-        try:
-            yield
-        finally:
-            for w in workers:
-                w.cancel()
-
-    async def _start_supervision(self) -> None:
-        s = self.settings
-        if s.charger_heartbeat > 0:
-            await self._command(command(Supervise(s.charger_heartbeat,
-                                                  int(s.fallback_current))))
-
-    async def _pulse_loop(self) -> None:
-        every = max(1.0, self.settings.charger_heartbeat / 3)
-        while True:
-            await asyncio.sleep(every)
-            await self._command(command(Pulse()))
+            self.charger.on_result(data)
 
     # -- what this node shows -------------------------------------------------------------------
+    async def emit_reading(self, data: dict[str, Any]) -> None:
+        """A role's readings, about this node's device."""
+        await self.ctx.emit(READING, data, info=self.device_info())
+
     async def show(self) -> None:
-        assert self.node is not None
         n = self.node
+        assert n is not None
         counters = self.ctx.counters
         counters.extra["reports_in"] = n.counters.reports_in
         counters.extra["reports_out"] = n.counters.reports_out
@@ -427,13 +279,13 @@ class LoadSharing(Transport[LoadSharingSettings]):
                           n.mode, n.limit, len(n.view), len(n.config.members))
         self._last_shown, self._last_reading = shown, now
         snap = n.snapshot()
-        await self.ctx.emit(READING, {
+        await self.emit_reading({
             "loadsharing_mode": n.mode,
             "loadsharing_limit": n.limit,
             "loadsharing_failsafe": n.failsafe_active,
             "loadsharing_online_count": snap["online_count"],
             "loadsharing_offline_count": snap["offline_count"],
-        }, info=self.device_info())
+        })
 
 
 def _specs() -> list[ValueSpec]:
