@@ -22,6 +22,7 @@ class Quirks:
     mute: bool = False  # read commands, answer nothing
     hold_async: bool = False  # one-shot: queue async lines until the next command
     reject_seq: bool = False  # pre-RAPI-3.0: ':ss' is an extra parameter -> $NK
+    no_g0: bool = False  # older firmware and the OpenEVSE emulator: $G0 -> $NK
 
 
 @dataclass
@@ -112,6 +113,8 @@ class RapiResponder:
         if name == "GU":
             return True, [round(m.session_ws), round(m.total_wh)], None
         if name == "G0":
+            if self.quirks.no_g0:
+                return False, [], None
             return True, [m.ev_connected], None
         if name == "GF":
             t = m.trips
