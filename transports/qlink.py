@@ -19,9 +19,10 @@ import time
 from dataclasses import asdict
 from typing import Any
 
-from gateway.backoff import Backoff
+from gateway.backoff import Backoff, RepeatLog
 from gateway.message import Envelope, ValueSpec, command_result, describe_event
 from protocols.qlink import (
+    MAX_LEVEL,
     Command,
     ErrorReply,
     Event,
@@ -84,6 +85,7 @@ class QLinkTransport(QLinkCommands, DeviceTransport[QLinkSettings]):
         self._echo = 299
         self._unmapped: set[str] = set()
         self.levels: dict[str, int] = {}
+        self._repeats = RepeatLog(self.log)  # a bad value polled again and again: one line
         self.leds: dict[str, str] = {}
 
     # ------------------------------------------------------------------ life
@@ -297,7 +299,14 @@ class QLinkTransport(QLinkCommands, DeviceTransport[QLinkSettings]):
                     values = {step.name: reply.ints()[-1]}
             except (ValueError, IndexError):
                 self._count("bad_replies")
-                self.log.warning("poll of %s: unexpected reply %r", step.name, reply.text)
+                self.log.warning("poll of %s: unexpected reply %r", step.name, reply.text[:200])
+                continue
+            level = values.get(step.name) if step.name in self.dir.loads else None
+            if level is not None and not 0 <= level <= MAX_LEVEL:  # a level is 0-100
+                self._count("bad_replies")
+                self._repeats.warn(f"range {step.name}",
+                                   "poll of %s: level %d out of range 0-%d in %r", step.name,
+                                   level, MAX_LEVEL, reply.text[:200])
                 continue
             for name, value in values.items():
                 if self._event_at.get(name, -1.0) < at:  # an event after the reply is newer
