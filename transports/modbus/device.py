@@ -68,6 +68,20 @@ class ModbusDevice:
             out[name] = decode(spec, words[first : first + spec.count])
         return out
 
+    def out_of_range(self, values: dict[str, Value]) -> dict[str, str]:
+        """The values outside their map's declared ``min``/``max`` (where it declares them),
+        each with the reason: a device reporting them is wrong, they are not readings."""
+        bad: dict[str, str] = {}
+        for name, value in values.items():
+            spec = self.map[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            low, high = spec.minimum, spec.maximum
+            if (low is not None and value < low) or (high is not None and value > high):
+                span = f"{'' if low is None else f'{low:g}'}..{'' if high is None else f'{high:g}'}"
+                bad[name] = f"{name} = {value:g} outside the map's range {span}"
+        return bad
+
     def single_read(self, spec: RegisterValue) -> ReadRequest:
         return ReadRequest(spec.table, spec.address, spec.count, (spec.name,))
 
