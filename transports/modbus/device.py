@@ -6,6 +6,7 @@ interleaves their plans): everything here is a function of the map and the bytes
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -75,6 +76,9 @@ class ModbusDevice:
         for name, value in values.items():
             spec = self.map[name]
             if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if not math.isfinite(value):  # a float32 NaN or infinity: no reading has one
+                bad[name] = f"{name} = {value} is not a finite number"
                 continue
             low, high = spec.minimum, spec.maximum
             if (low is not None and value < low) or (high is not None and value > high):
