@@ -281,13 +281,14 @@ class HttpApi:
             async for msg in sock:
                 if msg.type == WSMsgType.ERROR:
                     self.counters["ws_oversize"] += 1
-                    self.log.warning("/ws client %s: %s", peer, sock.exception())
+                    self.refusals.warn("ws error", "/ws client %s: %s", peer,
+                                       str(sock.exception())[:200])
                     break
                 if msg.type != WSMsgType.TEXT:
                     continue
                 if not bucket.take():
                     self.counters["ws_flood"] += 1
-                    self.log.warning("/ws client %s floods: disconnected", peer)
+                    self.refusals.warn("ws flood", "/ws client %s floods: disconnected", peer)
                     break
                 self._ws_in(sock, msg.data, peer, queue)
         finally:
@@ -304,8 +305,8 @@ class HttpApi:
             frame = json.loads(data)
         except ValueError:
             self.counters["ws_bad"] += 1
-            self.log.warning("/ws client %s sent non-JSON: %s", peer,
-                             data[:200].encode("unicode_escape").decode("ascii"))
+            self.refusals.warn("ws non-JSON", "/ws client %s sent non-JSON: %s", peer,
+                               data[:200].encode("unicode_escape").decode("ascii")[:200])
             return
         if isinstance(frame, dict) and "ping" in frame:
             queue.put_nowait('{"pong":1}')
