@@ -131,6 +131,11 @@ class RepeatLog:
         entry = self._open.get(key)
         return 0 if entry is None else entry[1]
 
+    @property
+    def open_windows(self) -> int:
+        """Kinds counted now (bounded by ``max_keys``)."""
+        return len(self._open)
+
     def flush(self) -> None:
         for key in list(self._open):
             self._close(key)
