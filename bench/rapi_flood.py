@@ -15,7 +15,6 @@ import logging
 import sys
 import tempfile
 from pathlib import Path
-from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
@@ -38,14 +37,6 @@ class WarningCount(logging.Handler):
 async def main(args: argparse.Namespace) -> None:
     device = RapiDevice("tcp", tcp_port=0)
     await device.start()
-    names: list[str] = []
-    answer = device.responder._answer
-
-    def recording(name: str, params: tuple[str, ...]) -> Any:
-        names.append(name)
-        return answer(name, params)
-
-    device.responder._answer = recording  # type: ignore[method-assign]
     settings = RapiSerialSettings(transport="rapi_serial", port=device.endpoint,
                                   read_interval=3600, heartbeat_interval=30,
                                   event_min_interval=args.interval)
@@ -56,13 +47,15 @@ async def main(args: argparse.Namespace) -> None:
     try:
         await async_wait_for(lambda: h.of_kind("reading"))
         await asyncio.sleep(0.5)
-        sent, warned, emitted = len(names), count.warnings, len(h.emitted)
+        device.responder.heard.clear()
+        warned, emitted = count.warnings, len(h.emitted)
         device.send(b"".join(encode_line("AB", ("00", "8.2.3")) for _ in range(args.boots)))
         await asyncio.sleep(2 + 3 * args.interval)
         boots = [e.data.get("count", 1) for e in h.emitted[emitted:]
                  if e.data.get("event") == "boot"]
+        restores = sum(1 for name, _ in device.responder.heard if name == "SY")
         print(f"$AB x{args.boots}: {len(boots)} boot events (counts {boots}), "
-              f"{names[sent:].count('SY')} $SY restores, {count.warnings - warned} WARNING lines")
+              f"{restores} $SY restores, {count.warnings - warned} WARNING lines")
         emitted = len(h.emitted)
         lines = [encode_line("AT", ("01", "01", a, "0000")) for a in range(6, 31)]
         flood = (lines * (args.states // len(lines) + 1))[: args.states]

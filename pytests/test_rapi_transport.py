@@ -369,25 +369,13 @@ def test_simulator_process_with_http_control(tmp_path: Path) -> None:
         assert proc.wait(20) == 0
 
 
-def _record_commands(device: RapiDevice) -> list[tuple[str, tuple[str, ...]]]:
-    """Every command the simulated controller answers, by name and params (in order)."""
-    seen: list[tuple[str, tuple[str, ...]]] = []
-    answer = device.responder._answer
-
-    def recording(name: str, params: tuple[str, ...]) -> Any:
-        seen.append((name, params))
-        return answer(name, params)
-
-    device.responder._answer = recording  # type: ignore[method-assign]
-    return seen
-
-
 def test_boot_flood_is_one_warning_few_events_and_few_restores(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:
     async def body(device: RapiDevice, h: Harness) -> None:
         await command(h, {"command": "set_current", "amps": 10})
-        seen = _record_commands(device)
+        device.responder.heard.clear()
+        seen = device.responder.heard
         caplog.clear()
         device.send(b"".join(encode_line("AB", ("00", "8.2.3")) for _ in range(200)))
         boots = lambda: [e.data for e in h.of_kind("event") if e.data["event"] == "boot"]  # noqa: E731

@@ -8,6 +8,7 @@ between a command and its reply), or not answering at all.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -31,6 +32,8 @@ class RapiResponder:
     mcu_id: str = "0a1b2c3d4e5f"
     quirks: Quirks = field(default_factory=Quirks)
     commands: int = 0
+    #: the last commands answered, by name and params (what a test or bench checks was sent)
+    heard: deque[tuple[str, tuple[str, ...]]] = field(default_factory=lambda: deque(maxlen=2000))
     bad_lines: int = 0
     _last_key: tuple[int, int, int, int] | None = None
     _held: list[bytes] = field(default_factory=list)
@@ -46,6 +49,7 @@ class RapiResponder:
             self.bad_lines += 1  # the firmware's buffer overflows: dropped without a reply
             return []
         self.commands += 1
+        self.heard.append((event.name, event.params))
         out = self._take_held()
         seq = event.seq if self.quirks.echo_seq else None
         if event.seq is not None and self.quirks.reject_seq:
