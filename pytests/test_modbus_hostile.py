@@ -17,7 +17,14 @@ import pytest
 from gateway import logs
 from protocols.read_plan import ReadRequest
 from pytests.helpers import Harness, async_wait_for
-from transports.modbus.link import CallPolicy, GarbledReply, ModbusLink, TcpEndpoint, explain_frame
+from transports.modbus.link import (
+    CallPolicy,
+    GarbledReply,
+    ModbusLink,
+    SerialLine,
+    TcpEndpoint,
+    explain_frame,
+)
 from transports.modbus.settings import ModbusTcpSettings
 from transports.modbus_bus.transport import ModbusTcpTransport
 
@@ -157,3 +164,55 @@ def test_wrong_function_code_and_out_of_range_values_never_become_readings(
               if "outside the map's range" in r.getMessage() and r.levelno == logging.WARNING]
     assert len(ranged) == 1 and "soc = 300" in ranged[0], ranged
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def _crc(data: bytes) -> bytes:
+    crc = 0xFFFF
+    for byte in data:
+        crc ^= byte
+        for _ in range(8):
+            crc = (crc >> 1) ^ 0xA001 if crc & 1 else crc >> 1
+    return struct.pack("<H", crc)
+
+
+@pytest.mark.parametrize(("kind", "words"), [("function code", "function code 4, expected 3"),
+                                             ("unit", "unit 2, expected 1"),
+                                             ("byte count", "byte count 6 for 4")])
+def test_a_lying_rtu_reply_on_a_real_pty_is_garbled(kind: str, words: str) -> None:
+    """The same lies over RTU (valid CRC, so only the content is wrong), on a PTY pair."""
+    import os
+    import tty
+
+    def lie(unit: int, function: int, count: int) -> bytes:
+        data = b"".join(struct.pack(">H", 100 + i) for i in range(count))
+        body = bytes([unit + (kind == "unit"), 4 if kind == "function code" else function,
+                      len(data) + 2 * (kind == "byte count")]) + data
+        return body + _crc(body)
+
+    async def main() -> None:
+        master, slave = os.openpty()
+        tty.setraw(master)
+        tty.setraw(slave)
+        loop = asyncio.get_running_loop()
+
+        def readable() -> None:
+            request = os.read(master, 256)
+            if len(request) >= 8:
+                os.write(master, lie(request[0], request[1], struct.unpack(">H", request[4:6])[0]))
+
+        loop.add_reader(master, readable)
+        link = ModbusLink(SerialLine(os.ttyname(slave), 115200), connect_timeout=2.0)
+        try:
+            assert await link.connect()
+            for _ in range(2):
+                with pytest.raises(GarbledReply) as caught:
+                    await link.read(1, ReadRequest("holding", 0, 2, ("a", "b")),
+                                    CallPolicy(timeout=0.3, retries=0))
+                assert words in str(caught.value), str(caught.value)
+        finally:
+            link.close()
+            loop.remove_reader(master)
+            os.close(master)
+            os.close(slave)
+
+    asyncio.run(main())
