@@ -15,6 +15,7 @@ cycle.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import asdict
 from typing import Any
@@ -51,7 +52,6 @@ from transports.qlink_link import (
 )
 
 _VOD = {"off": 0, "keypad": 1, "lcd": 2, "both": 3}
-_GARBLED_LOUD = 5  # this many garbled lines at WARNING, the rest at DEBUG (all counted)
 STABLE_AFTER = 10.0  # a link that lived this long (s) is reconnected at once when it drops
 
 
@@ -349,10 +349,10 @@ class QLinkTransport(QLinkCommands, DeviceTransport[QLinkSettings]):
     def _on_garbled(self, garbled: Garbled, role: str) -> None:
         self._count("garbled_lines")
         self.ctx.counters.error(f"garbled line: {garbled}")
-        if self.ctx.counters.extra["garbled_lines"] <= _GARBLED_LOUD:
-            self.log.warning("garbled line on the %s connection, ignored: %s", role, garbled)
-        else:
-            self.log.debug("garbled line on the %s connection, ignored: %s", role, garbled)
+        # one WARNING per kind of garbage (numbers aside), the repeats counted in one line
+        kind = re.sub(r"\d+", "N", garbled.reason)
+        self._repeats.warn(f"garbled {role} {kind}",
+                           "garbled line on the %s connection, ignored: %s", role, garbled)
 
     # ------------------------------------------------------------------ helpers
 
