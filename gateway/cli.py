@@ -4,6 +4,8 @@
     protocol-gateway check config.ini            validate only; exit 0, or 2 with every error
     protocol-gateway run config.ini --print-config
     protocol-gateway status config.ini           the running gateway's transports, as a table
+    protocol-gateway read config.ini [SECTION]   connect each input once, print its values
+    protocol-gateway ports                       serial ports, by-id paths and USB ids
     protocol-gateway demo                        simulators + gateway, no hardware
     protocol-gateway instance N start|stop|...   background instances (docs/deployment.md)
 """
@@ -18,16 +20,18 @@ import logging
 import os
 import signal
 import sys
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
 from typing import Any
 
+import gateway
 from gateway import logs
 from gateway.config import ConfigError, GatewayConfig, effective_settings, load_config, render_ini
 
 EXIT_CONFIG = 2
-COMMANDS = ("run", "check", "status", "demo", "instance")
+COMMANDS = ("run", "check", "status", "read", "ports", "demo", "instance")
 
 
 def http_port(config: GatewayConfig) -> int:
@@ -39,6 +43,8 @@ def http_port(config: GatewayConfig) -> int:
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="protocol-gateway", description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version",
+                        version=f"protocol-gateway {gateway.__version__}")
     sub = parser.add_subparsers(dest="command")
 
     def common(p: argparse.ArgumentParser) -> None:
@@ -56,11 +62,24 @@ def _parser() -> argparse.ArgumentParser:
     common(check)
     status = sub.add_parser("status", help="show the running gateway's transports")
     common(status)
+    read = sub.add_parser("read", help="connect each input once, print its values, exit")
+    common(read)
+    read.add_argument("section", nargs="?", default="",
+                      help="only this section (default: every input section)")
+    read.add_argument("--timeout", type=float, default=30.0,
+                      help="seconds to wait for each section's first reading")
+    sub.add_parser("ports", help="list serial ports with their /dev/serial/by-id names")
     demo = sub.add_parser("demo", help="run simulators and the gateway on a demo configuration")
     demo.add_argument("--duration", type=float, default=0.0,
                       help="stop after this many seconds (default: run until Ctrl-C)")
     demo.add_argument("--dir", default="", help="where to put the demo's files (default: temp)")
-    demo.add_argument("--instance", type=int, default=0)
+    demo.add_argument("--instance", type=int, default=0,
+                      help="instance number N: every demo port at base + N*100")
+    demo.add_argument("--mqtt", default="", metavar="HOST:PORT",
+                      help="publish to this MQTT broker (Home Assistant's) instead of the "
+                           "demo's own")
+    demo.add_argument("--refresh", type=float, default=5.0,
+                      help="seconds between live views in the terminal (0: none)")
     sub.add_parser("instance", help="manage background instances (see docs/deployment.md)",
                    add_help=False)
     return parser
@@ -86,10 +105,14 @@ def main(argv: list[str] | None = None) -> int:
     if args.command is None:
         parser.print_help()
         return EXIT_CONFIG
+    if args.command == "ports":
+        from gateway.bringup import print_ports
+
+        return print_ports()
     if args.command == "demo":
         from gateway.demo import run_demo
 
-        return run_demo(args.duration, args.dir, args.instance)
+        return run_demo(args.duration, args.dir, args.instance, args.mqtt, args.refresh)
     if args.command == "run" and not args.print_config:
         from gateway.supervisor import start_forkserver_early
 
@@ -109,6 +132,10 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.command == "status":
         return print_status(config)
+    if args.command == "read":
+        from gateway.bringup import run_read
+
+        return run_read(config, args.section, args.timeout)
     if args.print_config:
         print(render_ini(effective_settings(config)), end="")
         return 0
@@ -151,16 +178,23 @@ def run_gateway(config: GatewayConfig, notifier: Any = None) -> int:
     if len(config.transports) == 1:
         return asyncio.run(_run_single(config, notifier, log))
     from gateway import status_http  # aiohttp: only the process that serves it imports it
+    from gateway.live import GroupPoller, LatestReadings, LiveState, group_sources
     from gateway.supervisor import Supervisor
 
     supervisor = Supervisor(config, notifier)
+    readings = LatestReadings()
+    supervisor.frame_tap = readings.tap
+    groups = GroupPoller(group_sources(config))
+    live = LiveState(lambda: [s.public() for s in supervisor.slots.values()], readings, groups)
 
     async def main_async() -> int:
-        runner = await status_http.start(lambda: [s.public() for s in supervisor.slots.values()],
-                                         config.general.http_host, http_port(config))
+        runner = await status_http.start(live, config.general.http_host, http_port(config))
+        poller = asyncio.create_task(groups.run()) if runner is not None else None
         try:
             return await supervisor.run()
         finally:
+            if poller is not None:
+                poller.cancel()
             if runner is not None:
                 await runner.cleanup()
 
@@ -197,24 +231,69 @@ async def _run_single(config: GatewayConfig, notifier: Any, log: logging.Logger)
     return code
 
 
+def last_error_text(t: dict[str, Any]) -> str:
+    """LAST ERROR as a person reads it: the error with its time, or "recovered" once the
+    transport reported recovery after it (``recovered_at`` >= ``last_error_at``)."""
+    message = t.get("last_error") or ""
+    error_at, recovered_at = t.get("last_error_at"), t.get("recovered_at")
+    if recovered_at and (not error_at or recovered_at >= error_at):
+        when = time.strftime("%H:%M:%S", time.localtime(recovered_at))
+        return f"recovered {when}" + (f" (was: {message})" if message else "")
+    if message and error_at:
+        return f"{message} ({time.strftime('%H:%M:%S', time.localtime(error_at))})"
+    return message
+
+
+def _no_answer_hint(config: GatewayConfig) -> str:
+    """Where the gateway may be instead: the instances that run, or how to start one."""
+    from gateway.claims import ClaimRegistry
+
+    try:
+        records = ClaimRegistry().records()
+    except OSError:
+        records = []
+    n = config.general.instance
+    others = [r for r in records if r.instance != n]
+    if others:
+        listed = ", ".join(f"{r.describe()}" for r in others)
+        return (f"instance {n} is not running; running: {listed}. Ask one with "
+                f"--instance N (e.g. status {config.source} --instance {others[0].instance})")
+    return (f"is the gateway running? start it with: protocol-gateway {config.source} "
+            f"(instance N listens on http_port + N*100: add --instance N)")
+
+
 def print_status(config: GatewayConfig) -> int:
     port = http_port(config)
+    if port == 0:
+        print(f"{config.source}: [general] http_port = 0, the status API is off",
+              file=sys.stderr)
+        return 1
     url = f"http://{config.general.http_host}:{port}/api/transports"
     try:
         with urllib.request.urlopen(url, timeout=5) as response:
             body = json.load(response)
     except (urllib.error.URLError, OSError, ValueError) as exc:
-        print(f"no gateway answering at {url}: {exc}", file=sys.stderr)
+        reason = getattr(exc, "reason", exc)
+        reason = getattr(reason, "strerror", None) or reason
+        print(f"no gateway answering at {url} ({reason})", file=sys.stderr)
+        print(f"  {_no_answer_hint(config)}", file=sys.stderr)
         return 1
     rows = [("TRANSPORT", "KIND", "STATE", "PID", "RESTARTS", "IN", "OUT", "DROPPED",
              "LAST ERROR")]
+    counters: list[str] = []
     for t in body.get("transports", []):
         rows.append((t["name"], t["kind"], t["state"], str(t.get("pid") or "-"),
                      str(t["restarts"]), str(t["envelopes_in"]), str(t["envelopes_out"]),
-                     str(t.get("dropped", 0)), t.get("last_error") or ""))
+                     str(t.get("dropped", 0)), last_error_text(t)))
+        extra = t.get("counters") or {}
+        shown = [f"errors {t.get('errors', 0)}"] + [f"{k} {v}" for k, v in sorted(extra.items())]
+        counters.append(f"  {t['name']}: {', '.join(shown)}")
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]) - 1)]
     for row in rows:
         print("  ".join(c.ljust(w) for c, w in zip(row, widths, strict=False)) + "  " + row[-1])
+    if counters:
+        print("counters")
+        print("\n".join(counters))
     return 0
 
 

@@ -9,6 +9,12 @@ Precedence, later wins: the INI file, then ``PGW_<SECTION>_<KEY>`` environment v
 e.g. ``PGW_TRANSPORT_0_READ_INTERVAL``), then ``--set section.key=value`` (split after the
 longest section name of the file, else at the last dot: ``--set transport.0.read_interval=5``
 and ``--set rs485_bus.meter1.unit=2`` both work).
+
+Checks across sections (bridges, claims, warnings) are a list of functions at the end
+(:data:`CHECKS`, :data:`WARNINGS`): one more is a function and a line.
+
+Size: a little over the ~400-line guide: reading, overlaying, validating and the checks across
+sections share the problem type and its placement (file line or override), kept together.
 """
 
 from __future__ import annotations
@@ -17,7 +23,7 @@ import configparser
 import difflib
 import os
 import re
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +31,7 @@ from typing import Any
 from pydantic import BaseModel, SecretStr, ValidationError
 
 import transports
+from gateway import references
 from gateway.settings import GeneralSettings, TransportSettings
 
 GENERAL = "general"
@@ -119,9 +126,9 @@ def read_ini(path: str | Path) -> tuple[dict[str, dict[str, str]], dict[tuple[st
     try:
         parser.read_string(text, source=source)
     except configparser.MissingSectionHeaderError as exc:
+        # never echo the line: it may hold a password
         raise ConfigError(
-            [ConfigProblem(source, "", "", f"a key before any [section]: {exc.line.strip()!r}",
-                           exc.lineno)]
+            [ConfigProblem(source, "", "", "a key before any [section] header", exc.lineno)]
         ) from None
     except configparser.DuplicateSectionError as exc:
         raise ConfigError(
@@ -133,9 +140,12 @@ def read_ini(path: str | Path) -> tuple[dict[str, dict[str, str]], dict[tuple[st
                            exc.lineno)]
         ) from None
     except configparser.ParsingError as exc:
+        # by its number only: the line may hold a secret (and repr() would escape it twice)
         problems = [
-            ConfigProblem(source, "", "", f"cannot parse line: {line.strip()!r}", lineno)
-            for lineno, line in exc.errors
+            ConfigProblem(source, "", "", f"cannot parse line {lineno}: expected 'key = value', "
+                          "a [section] header or a # comment (the line is not shown: it may "
+                          "hold a secret)", lineno)
+            for lineno, _line in exc.errors
         ]
         raise ConfigError(problems) from None
     except configparser.Error as exc:
@@ -149,12 +159,15 @@ def apply_overrides(
     environ: Mapping[str, str],
     sets: Sequence[str],
     warnings: list[ConfigProblem],
+    origins: dict[tuple[str, str], str] | None = None,
 ) -> list[ConfigProblem]:
     """Overlay environment variables, then ``--set`` values, onto ``raw`` (in place).
 
     A ``PGW_`` variable that matches no section is not an error (the same environment may
-    serve several configurations) but it is reported as a warning.
+    serve several configurations) but it is reported as a warning. ``origins`` receives, per
+    overridden (section, key), the override that set it: an error in its value names it.
     """
+    origins = {} if origins is None else origins
     problems: list[ConfigProblem] = []
     sections = sorted(set(raw) | {GENERAL}, key=len, reverse=True)
     for name, value in sorted(environ.items()):
@@ -164,7 +177,9 @@ def apply_overrides(
         for section in sections:
             prefix = _norm(section) + "_"
             if rest.startswith(prefix) and len(rest) > len(prefix):
-                raw.setdefault(section, {})[rest[len(prefix):].lower()] = value
+                key = rest[len(prefix):].lower()
+                raw.setdefault(section, {})[key] = value
+                origins[(section, key)] = f"environment {name}"
                 break
         else:
             if name not in RESERVED_ENV:
@@ -185,7 +200,9 @@ def apply_overrides(
             problems.append(ConfigProblem(
                 "--set", "", item, "expected section.key=value, e.g. general.log_level=DEBUG"))
             continue
-        raw.setdefault(section, {})[key.strip().lower()] = value.strip()
+        key = key.strip().lower()
+        raw.setdefault(section, {})[key] = value.strip()
+        origins[(section, key)] = f"--set {target}"
     return problems
 
 
@@ -217,7 +234,7 @@ def _is_secret(model: type[BaseModel], key: str) -> bool:
 
 def _validate(
     model: type[BaseModel], values: dict[str, str], source: str, section: str,
-    lines: dict[tuple[str, str], int],
+    lines: dict[tuple[str, str], int], *, origins: Mapping[tuple[str, str], str] | None = None,
 ) -> tuple[BaseModel | None, list[ConfigProblem]]:
     try:
         return model.model_validate(values), []
@@ -225,9 +242,20 @@ def _validate(
         problems = []
         for err in exc.errors():
             key, message = _explain(model, err)
-            line = lines.get((section, key)) or lines.get((section, ""))
-            problems.append(ConfigProblem(source, section, key, message, line))
+            problems.append(_problem(source, section, key, message, lines=lines,
+                                     origins=origins or {}))
         return None, problems
+
+
+def _problem(source: str, section: str, key: str, message: str, *,
+             lines: Mapping[tuple[str, str], int],
+             origins: Mapping[tuple[str, str], str]) -> ConfigProblem:
+    """A problem placed where its value came from: the file's line, or the override."""
+    origin = origins.get((section, key))
+    if origin:
+        return ConfigProblem(origin, section, key, message)
+    return ConfigProblem(source, section, key, message,
+                         lines.get((section, key)) or lines.get((section, "")))
 
 
 def load_config(
@@ -241,12 +269,15 @@ def load_config(
     source = str(path)
     raw, lines = read_ini(path)
     warnings: list[ConfigProblem] = []
-    problems = apply_overrides(raw, os.environ if environ is None else environ, sets, warnings)
+    origins: dict[tuple[str, str], str] = {}
+    problems = apply_overrides(raw, os.environ if environ is None else environ, sets, warnings,
+                               origins)
     if instance is not None:
         raw.setdefault(GENERAL, {})["instance"] = str(instance)
+        origins[(GENERAL, "instance")] = "--instance"
 
     general_model, general_problems = _validate(
-        GeneralSettings, raw.get(GENERAL, {}), source, GENERAL, lines)
+        GeneralSettings, raw.get(GENERAL, {}), source, GENERAL, lines, origins=origins)
     problems += general_problems
     registry = transports.known()  # imports only the kinds looked up
     configs: dict[str, TransportConfig] = {}
@@ -254,64 +285,144 @@ def load_config(
         if section == GENERAL:
             continue
         kind = values.get("transport", "").strip()
-        line = lines.get((section, "transport")) or lines.get((section, ""))
-        if not kind:
-            problems.append(ConfigProblem(
-                source, section, "transport",
-                f"missing: every section but [general] names its transport kind "
-                f"(one of {', '.join(sorted(registry))})", line))
+        if not kind or kind not in registry:
+            problems.append(_problem(source, section, "transport",
+                                     _kind_problem(kind, registry), lines=lines, origins=origins))
+            # the keys every section has are still checked: every problem, not the first
+            common = {k: v for k, v in values.items() if k in TransportSettings.model_fields}
+            _, common_problems = _validate(TransportSettings, dict(common, transport=kind or "?"),
+                                           source, section, lines, origins=origins)
+            problems += common_problems
             continue
-        cls = registry.get(kind)
-        if cls is None:
-            close = difflib.get_close_matches(kind, list(registry), n=1)
-            hint = f" (did you mean {close[0]!r}?)" if close else ""
-            problems.append(ConfigProblem(
-                source, section, "transport",
-                f"unknown transport kind {kind!r}{hint}; known: {', '.join(sorted(registry))}",
-                line))
-            continue
-        model, section_problems = _validate(cls.Settings, values, source, section, lines)
+        model, section_problems = _validate(registry[kind].Settings, values, source, section,
+                                            lines, origins=origins)
         problems += section_problems
         if model is not None:
             assert isinstance(model, TransportSettings)
             configs[section] = TransportConfig(section, kind, model)
 
-    problems += _cross_check(configs, raw, source, lines)
+    view = CheckInput(source, raw, lines, origins, configs,
+                      general_model if isinstance(general_model, GeneralSettings) else None)
+    for check in CHECKS:
+        problems += check(view)
+    for check in WARNINGS:
+        warnings += check(view)
+    # references between sections (a loadsharing section's charger =): gateway/references.py
+    ref_errors, ref_warnings = references.check(
+        configs, source, lines,
+        lambda _src, section, key, message, _line=None: view.problem(section, key, message),
+        view.names)
+    problems += ref_errors
+    warnings += ref_warnings
     if problems:
         raise ConfigError(problems)
     assert isinstance(general_model, GeneralSettings)
-    return GatewayConfig(source, general_model, configs, warnings)
+    return GatewayConfig(source, general_model, references.resolve(configs), warnings)
 
 
-def _cross_check(
-    configs: dict[str, TransportConfig], raw: dict[str, dict[str, str]], source: str,
-    lines: dict[tuple[str, str], int],
-) -> list[ConfigProblem]:
-    """What no single section can know: bridge targets exist, no resource is claimed twice."""
+def _kind_problem(kind: str, registry: Mapping[str, Any]) -> str:
+    if not kind:
+        return (f"missing: every section but [general] names its transport kind "
+                f"(one of {', '.join(sorted(registry))})")
+    close = difflib.get_close_matches(kind, list(registry), n=1)
+    hint = f" (did you mean {close[0]!r}?)" if close else ""
+    return f"unknown transport kind {kind!r}{hint}; known: {', '.join(sorted(registry))}"
+
+
+# --- checks across sections ------------------------------------------------------------------
+# What no single section can know. Each check takes the whole (validated) configuration and
+# returns problems (errors) or warnings; adding one is a function and a line in CHECKS or
+# WARNINGS below.
+
+@dataclass(frozen=True)
+class CheckInput:
+    """Everything a check across sections may look at."""
+
+    source: str
+    raw: dict[str, dict[str, str]]  # every section's values as strings, overrides applied
+    lines: dict[tuple[str, str], int]
+    origins: dict[tuple[str, str], str]  # (section, key) -> the override that set it
+    configs: dict[str, TransportConfig]  # the sections that validated
+    general: GeneralSettings | None  # None when [general] itself has problems
+
+    def problem(self, section: str, key: str, message: str) -> ConfigProblem:
+        return _problem(self.source, section, key, message, lines=self.lines,
+                        origins=self.origins)
+
+    @property
+    def names(self) -> set[str]:
+        return set(self.raw) - {GENERAL}
+
+
+def check_bridges(view: CheckInput) -> list[ConfigProblem]:
+    """Every ``bridge =`` target exists and is not the section itself."""
     problems: list[ConfigProblem] = []
-    names = set(raw) - {GENERAL}
+    names = view.names
     for name in sorted(names):
-        for target in (t.strip() for t in raw[name].get("bridge", "").split(",")):
+        for target in (t.strip() for t in view.raw[name].get("bridge", "").split(",")):
             if not target:
                 continue
             if target == name:
-                problems.append(ConfigProblem(source, name, "bridge", "a transport cannot bridge "
-                                              "to itself", lines.get((name, "bridge"))))
+                problems.append(view.problem(name, "bridge",
+                                             "a transport cannot bridge to itself"))
             elif target not in names:
-                problems.append(ConfigProblem(
-                    source, name, "bridge",
-                    f"names section {target!r}, which does not exist (sections: "
-                    f"{', '.join(sorted(names))})", lines.get((name, "bridge"))))
-    owners: dict[tuple[str, str], str] = {}
-    for name, cfg in configs.items():
-        for claim in cfg.settings.claims():
-            if claim in owners:
-                problems.append(ConfigProblem(
-                    source, name, "", f"{claim[0]} {claim[1]} is already used by "
-                    f"[{owners[claim]}]", lines.get((name, ""))))
-            else:
-                owners[claim] = name
+                problems.append(view.problem(
+                    name, "bridge", f"names section {target!r}, which does not exist "
+                    f"(sections: {', '.join(sorted(names))})"))
     return problems
+
+
+def check_claims(view: CheckInput) -> list[ConfigProblem]:
+    """One registry of exclusive resources, ``[general] http_port`` included: two sections
+    on one serial port, or on one listening port (a wildcard host clashes with any), fail."""
+    from gateway.claims import Claim  # gateway.claims imports this module's types
+
+    held: list[Claim] = []
+    if view.general is not None and view.general.http_port:
+        held.append(Claim("tcp listen",
+                          f"{view.general.http_host}:{view.general.http_port}", GENERAL))
+    problems: list[ConfigProblem] = []
+    for name, cfg in view.configs.items():
+        for what, identity in cfg.settings.claims():
+            claim = Claim(what, identity, name)
+            owner = next((c for c in held if c.clashes_with(claim)), None)
+            if owner is None:
+                held.append(claim)
+                continue
+            by = ("[general] http_port (the status page)" if owner.section == GENERAL
+                  else f"[{owner.section}]")
+            problems.append(view.problem(name, "", f"{what} {identity} is already used by {by}"))
+    return problems
+
+
+def warn_missing_serial_devices(view: CheckInput) -> list[ConfigProblem]:
+    """A serial device that is not there now: a warning (it may be plugged in later, and the
+    transport waits for it), said clearly instead of silently."""
+    warnings: list[ConfigProblem] = []
+    for name, cfg in view.configs.items():
+        for what, identity in cfg.settings.claims():
+            if what == "serial port" and identity.startswith("/") and not os.path.exists(
+                    identity):
+                warnings.append(view.problem(
+                    name, "port", f"serial device {identity} does not exist now (not plugged "
+                    "in, or a typo?); the transport will wait for it. "
+                    "`protocol-gateway ports` lists the ports present"))
+    return warnings
+
+
+def warn_isolated_sections(view: CheckInput) -> list[ConfigProblem]:
+    """A section that receives nothing and sends nowhere moves no data."""
+    targets = {t for cfg in view.configs.values() for t in cfg.settings.bridge}
+    return [view.problem(name, "bridge", "receives nothing and sends nowhere: add "
+                         "`bridge = <an output section>` here, or name this section in "
+                         "another section's bridge")
+            for name, cfg in view.configs.items()
+            if not cfg.settings.bridge and name not in targets]
+
+
+CHECKS: list[Callable[[CheckInput], list[ConfigProblem]]] = [check_bridges, check_claims]
+WARNINGS: list[Callable[[CheckInput], list[ConfigProblem]]] = [
+    warn_missing_serial_devices, warn_isolated_sections]
 
 
 def effective_settings(config: GatewayConfig) -> dict[str, dict[str, Any]]:

@@ -132,4 +132,5 @@ class InProcess:
             "last_error_at": self.last_error_at or stats.get("last_error_at", 0.0),
             "recovered_at": stats.get("recovered_at", 0.0),
             "exit_code": None, "uptime": round(time.monotonic() - self.started, 1),
+            "counters": dict(stats.get("extra") or {}),  # every counter it reports
         }

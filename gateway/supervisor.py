@@ -30,6 +30,7 @@ import signal
 import threading
 import time
 from collections import deque
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -94,6 +95,7 @@ class Slot:
             "last_error_at": self.last_error_at or self.stats.get("last_error_at", 0.0),
             "recovered_at": self.stats.get("recovered_at", 0.0),
             "exit_code": self.exit_code,
+            "counters": dict(self.stats.get("extra", {})),  # every counter it reports
         }
 
 
@@ -159,6 +161,8 @@ class Supervisor:
         self.done = asyncio.Event()
         self._ready_sent = False
         self._last_status = ""
+        #: called with (source, frame) for every envelope frame (the status page's readings)
+        self.frame_tap: Callable[[str, bytes], None] | None = None
 
     # ----------------------------------------------------------------- processes
     def start_slot(self, slot: Slot) -> None:
@@ -263,6 +267,8 @@ class Supervisor:
                     conn.close()
                 return
             if frame[:1] == b"E":
+                if self.frame_tap is not None:
+                    self.frame_tap(slot.name, frame)
                 self._route(slot, frame)
             else:
                 self._control(slot, frame)

@@ -37,6 +37,8 @@ COLUMNS = (
     "display_name", "entity_category", "writable",
 )
 ENTITY_CATEGORIES = ("", "diagnostic", "config")
+#: file names that are PythonProtocolGateway protocol files (:mod:`protocols.ppg_map`)
+PPG_SUFFIXES = (".input_registry_map.csv", ".holding_registry_map.csv", ".json")
 #: ``writable`` column: "" = as ``access`` says; "opt-in" = a device configuration register
 #: (address, baud rate, ...) written only when the section's ``writable =`` key names it
 WRITE_POLICIES = ("", "opt-in")
@@ -87,6 +89,11 @@ class RegisterValue:
     display_name: str = ""
     entity_category: str = ""
     write_policy: str = ""
+    #: the value whose reading is this one's power-of-ten scale (a SunSpec scale factor);
+    #: ``scale`` is then that power as last read (see ModbusDevice.decode)
+    scale_from: str = ""
+    #: the words a device sends for "not implemented" (SunSpec): such a reading is skipped
+    absent: tuple[int, ...] = ()
 
     @property
     def opt_in(self) -> bool:
@@ -147,15 +154,23 @@ def available_maps() -> list[str]:
 
 
 def map_path(name_or_path: str) -> Path:
-    """A shipped map's name, or a path to one's own ``.csv`` file -> the file."""
-    if name_or_path.endswith(".csv"):
+    """A shipped map's name, or a path to one's own ``.csv`` file (or a PythonProtocolGateway
+    ``.json``) -> the file."""
+    if name_or_path.endswith((".csv", ".json")):
         return Path(name_or_path)
     return MAPS_DIR / f"{name_or_path}.csv"
 
 
 @lru_cache(maxsize=32)
 def load_map(name_or_path: str) -> RegisterMap:
-    """Load and validate a map by name (``eg4_v58``) or path; raises MapError."""
+    """Load and validate a map by name (``eg4_v58``) or path; raises MapError.
+
+    A PythonProtocolGateway protocol file (``*.input_registry_map.csv``,
+    ``*.holding_registry_map.csv``, ``*.json``) is read by :mod:`protocols.ppg_map`."""
+    if name_or_path.lower().endswith(PPG_SUFFIXES):
+        from protocols.ppg_map import load_ppg  # only a section using such a file needs it
+
+        return load_ppg(name_or_path)
     path = map_path(name_or_path)
     try:
         text = path.read_text(encoding="utf-8")
@@ -351,6 +366,17 @@ def _parse_options(text: str, fail: object, name: str) -> tuple[tuple[int, str],
             raise fail(f"{name}: option {part!r} is not like 3=Label")  # type: ignore[operator]
         out.append((number, label.strip()))
     return tuple(out)
+
+
+def check_values(
+    values: list[RegisterValue],
+    unreadable: tuple[tuple[str, int, int], ...],
+    batch_size: int,
+    path: Path | str,
+) -> None:
+    """The checks every map passes (unique names, no overlaps, reads that fit), for maps
+    made by other readers (PythonProtocolGateway files)."""
+    _validate(values, unreadable, batch_size, path)
 
 
 def _validate(

@@ -21,8 +21,10 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from gateway.message import Envelope
 from pytests.gateway_proc import GatewayProcess
 from pytests.helpers import free_port, wait_for
+from transports.rapi_charger import charger_status
 
 ROOT = Path(__file__).resolve().parent.parent
 # gateways started from here import this checkout, even where another copy is pip-installed
@@ -30,6 +32,11 @@ ROOT = Path(__file__).resolve().parent.parent
 os.environ["PYTHONPATH"] = os.pathsep.join(
     [str(ROOT), *(p for p in os.environ.get("PYTHONPATH", "").split(os.pathsep) if p)])
 KIND = os.environ.get("PGW_LS_KIND", "loadsharing")
+
+
+def charger_event(source: str, rapi_reading: dict[str, Any]) -> Envelope:
+    """What a ``rapi_serial`` section with that reading tells its owner (the Charger status)."""
+    return Envelope(source, "event", charger_status(rapi_reading).event())
 
 
 def http(method: str, url: str, body: Any = None, timeout: float = 5.0,
@@ -89,6 +96,7 @@ class Site:
             f"loadsharing_group_max_current = {self.group_max}\n"
             "loadsharing_heartbeat_timeout = 5\nloadsharing_response_time = 0.5\n"
             f"node_listen = 127.0.0.1:{self.node_port}\n{host}discovery = false\n"
+            "loadsharing_api_open = true\n"
             f"{self.extra}\n"
         )
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -117,7 +118,7 @@ def test_environment_naming_an_unknown_section(tmp_path: Path) -> None:
     path = tmp_path / "c.ini"
     path.write_text("[a]\ntransport = system\n")
     cfg = load_config(path, environ={"PGW_NOSUCH_KEY": "1", "PGW_PLUGINS": ""})
-    assert [w.key for w in cfg.warnings] == ["PGW_NOSUCH_KEY"]
+    assert [w.key for w in cfg.warnings if w.source == "environment"] == ["PGW_NOSUCH_KEY"]
 
 
 def test_bad_set_syntax(tmp_path: Path) -> None:
@@ -163,3 +164,81 @@ def test_set_with_a_dotted_key_splits_after_the_known_section(tmp_path: Path) ->
     assert raw["rs485_bus"]["meter1.unit"] == "2"
     assert raw["transport.0"]["address"] == "3"
     assert raw["general"]["log_level"] == "DEBUG"
+
+
+def test_unknown_kind_still_checks_the_common_keys(tmp_path: Path) -> None:
+    found = problems(tmp_path, "[a]\ntransport = modbus_warp\nread_interval = ten\n"
+                     "bridge = nowhere\n")
+    assert any("[a] transport: unknown transport kind 'modbus_warp'" in p for p in found)
+    assert any(":3: [a] read_interval:" in p and "got 'ten'" in p for p in found), found
+    assert any("[a] bridge: names section 'nowhere'" in p for p in found), found
+
+
+def test_status_page_port_is_claimed_like_any_listening_port(tmp_path: Path) -> None:
+    found = problems(tmp_path, """[general]
+http_port = 8190
+
+[charger]
+transport = rapi_serial
+port = socket://127.0.0.1:8023
+bridge = ls
+
+[ls]
+transport = loadsharing
+loadsharing_enabled = true
+charger = charger
+loadsharing_group_max_current = 32
+node_listen = 127.0.0.1:8190
+bridge = charger
+""")
+    assert any("[ls]: tcp listen 127.0.0.1:8190 is already used by [general] http_port" in p
+               for p in found), found
+
+
+def test_missing_serial_device_is_a_clear_warning(tmp_path: Path) -> None:
+    result = check(tmp_path, "[m]\ntransport = modbus_rtu\nprotocol_version = sdm630\n"
+                   "port = /dev/ttyNOSUCH7\nbridge = o\n[o]\ntransport = jsonl_out\n")
+    assert result.returncode == 0, result.stderr
+    assert "warning:" in result.stderr
+    assert "[m] port: serial device /dev/ttyNOSUCH7 does not exist now" in result.stderr
+    assert "OK (2 transports" in result.stdout
+
+
+def test_an_override_is_named_as_the_source_of_its_error(tmp_path: Path) -> None:
+    text = "[a]\ntransport = system\nbridge = o\n[o]\ntransport = jsonl_out\n"
+    result = check(tmp_path, text, "--set", "a.read_interval=ten")
+    assert result.returncode == 2
+    assert "--set a.read_interval: [a] read_interval:" in result.stderr, result.stderr
+    assert "c.ini:" not in result.stderr  # not placed at a line of the file
+    env = {**os.environ, "PGW_A_READ_INTERVAL": "soon"}
+    result = check(tmp_path, text, env=env)
+    assert "environment PGW_A_READ_INTERVAL: [a] read_interval:" in result.stderr, result.stderr
+
+
+def test_an_unparsable_line_is_shown_by_number_only(tmp_path: Path) -> None:
+    result = check(tmp_path, "[mqtt]\ntransport = mqtt\nhunter2\\tsecret\\x00\n")
+    assert result.returncode == 2
+    assert "c.ini:3: cannot parse line 3" in result.stderr
+    assert "hunter2" not in result.stderr and "\\\\" not in result.stderr
+
+
+def test_a_section_that_moves_nothing_is_warned_about(tmp_path: Path) -> None:
+    result = check(tmp_path, "[a]\ntransport = system\n[o]\ntransport = jsonl_out\n")
+    assert result.returncode == 0
+    assert "[a] bridge: receives nothing and sends nowhere" in result.stderr
+    assert "[o] bridge: receives nothing and sends nowhere" in result.stderr
+    result = check(tmp_path, "[a]\ntransport = system\nbridge = o\n[o]\ntransport = jsonl_out\n")
+    assert "receives nothing" not in result.stderr
+
+
+def test_example_moves_data_when_copied() -> None:
+    """config.ini.example as-is: every input bridged to the outputs, the load-sharing node fed
+    by its charger, nothing isolated (only the simulators' PTYs may be missing now)."""
+    config = load_config(ROOT / "config.ini.example", environ={})
+    assert all("serial device" in w.message for w in config.warnings), config.warnings
+    outputs = {"jsonl", "mqtt", "influxdb_output"}
+    for name, tc in config.transports.items():
+        if name not in outputs:
+            assert outputs <= set(tc.settings.bridge), name
+    charger = config.transports["loadsharing"].settings.charger  # type: ignore[attr-defined]
+    assert "loadsharing" in config.transports[charger].settings.bridge

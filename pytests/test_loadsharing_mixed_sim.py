@@ -1,6 +1,6 @@
 """Mixed groups on the simulated clock and network: gateway nodes plus OpenEVSE firmware members.
 
-``transports/loadsharing/simled.py`` runs the real nodes (``node.py``, ``led.py``), the
+``simulators/loadsharing_simled.py`` runs the real nodes (``node.py``, ``led.py``), the
 controller side a gateway runs while it leads (``openevse_plan.led_entry``, frames on change and
 every ``frame_interval``) and simulated firmware members with their own clocks and failsafe
 rule. Every scenario ends with the safety claim of docs/loadsharing_openevse.md, "Mixed groups":
@@ -16,8 +16,8 @@ import os
 
 import pytest
 
-from transports.loadsharing.simled import MixedGroup, MixedSpec, calm, converged
-from transports.loadsharing.simledsearch import failures
+from simulators.loadsharing_simled import MixedGroup, MixedSpec, calm, converged
+from simulators.loadsharing_simledsearch import failures
 
 RHO = 0.01
 

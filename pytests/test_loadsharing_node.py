@@ -14,7 +14,9 @@ from pydantic import ValidationError
 
 from gateway.message import Envelope
 from pytests.helpers import Harness, async_wait_for
+from pytests.loadsharing_sites import charger_event
 from transports import get
+from transports.charger import ChargerStatus
 from transports.loadsharing import allocation as al
 from transports.loadsharing.messages import MessageError, Report, Status, decode, encode
 from transports.loadsharing.node import AGREED, DemandTracker, Node, NodeConfig
@@ -183,17 +185,24 @@ def test_a_different_group_configuration_never_agrees() -> None:
 
 
 def test_demand_tracker() -> None:
+    def st(state: str, vehicle: bool | None = True) -> ChargerStatus:
+        return ChargerStatus(state=state, vehicle_connected=vehicle)
+
     d = DemandTracker()
-    assert d.update(3, 1) is True
-    assert d.update(1, 0) is False
+    assert d.update(st("charging")) is True
+    assert d.update(st("idle", False)) is False
     d.commanded(0)
-    assert d.update(0xFE, 1) is True  # our own pause: still wants charge
+    assert d.update(st("paused")) is True  # our own pause: still wants charge
     d.commanded(16)
-    assert d.update(0xFE, 1) is True  # resume not seen yet
-    assert d.update(3, 1) is True
-    assert d.update(0xFE, 1) is False  # someone else put it to sleep
-    assert d.update(0xFF, 2) is True  # disabled, vehicle unknown: as before, connected
-    assert d.update(6, 1) is True  # a fault counts as demanding
+    assert d.update(st("paused")) is True  # resume not seen yet
+    assert d.update(st("charging")) is True
+    assert d.update(st("paused")) is False  # someone else put it to sleep
+    d.commanded(0)
+    assert d.update(st("disabled", None)) is True  # our disable, vehicle unknown: still wants
+    d.commanded(16)
+    assert d.update(st("charging")) is True
+    assert d.update(st("disabled")) is False  # the user disabled it at the charger
+    assert d.update(st("fault")) is True  # a fault counts as demanding
 
 
 # -- the transport over UDP ---------------------------------------------------------------------
@@ -206,7 +215,7 @@ def udp_port() -> int:
 def reading(**data: Any) -> Envelope:
     base = {"state_code": 3, "pilot_current": 6, "charging_current": 5.9, "voltage": 240.0,
             "vehicle_connected": 1}
-    return Envelope(source_transport="rapi", kind="reading", data={**base, **data})
+    return charger_event("rapi", {**base, **data})
 
 
 def commands(h: Harness) -> list[dict[str, Any]]:
@@ -231,7 +240,7 @@ def test_transport_alone_commands_its_charger(tmp_path: Path) -> None:
         ]
         await h.send(reading(vehicle_connected=0, state_code=1))
         await async_wait_for(lambda: commands(h)[-1] == {"command": "sleep"})
-        await h.send(reading(state_code="x"))
+        await h.send(Envelope("rapi", "event", {"event": "charger_status", "state": "x"}))
         assert h.ctx.counters.errors == 1
         assert h.running
         await h.stop()
@@ -287,7 +296,7 @@ def test_a_node_whose_epoch_went_back_moves_past_its_old_self() -> None:
 
 
 def test_one_file_for_every_member_with_instance_offsets() -> None:
-    from transports.loadsharing.transport import node_config
+    from transports.loadsharing.node_config import from_settings as node_config
 
     s = settings(loadsharing_group_max_current=40, listen="127.0.0.1:8190",
                  peers="127.0.0.1:8190, 127.0.0.1:8290, 127.0.0.1:8390")

@@ -20,10 +20,12 @@ import pytest
 
 from gateway.message import Envelope
 from pytests.helpers import Harness, async_wait_for, free_port
+from pytests.loadsharing_sites import charger_event
 from simulators.ev_model import EvModel
 from simulators.evse_model import EvseModel
 from simulators.openevse_node import OpenEvseNode
 from simulators.rapi_device import RapiDevice
+from transports.charger import STATUS_EVENT, ChargerStatus
 from transports.loadsharing.openevse_controller import (
     GroupSettings,
     MemberLink,
@@ -110,8 +112,8 @@ async def _member_scenario(tmp: Path) -> None:
     await dev.start()
     dev.plug()
     rapi = Harness(RapiSerialTransport, RapiSerialSettings(
-        transport="rapi_serial", port=f"socket://127.0.0.1:{dev.tcp_port}", read_interval=0.3),
-        "rapi", tmp)
+        transport="rapi_serial", port=f"socket://127.0.0.1:{dev.tcp_port}", read_interval=0.3,
+        charger_owner="ls"), "rapi", tmp)
     await rapi.start()
 
     async def to_charger(data: dict[str, Any]) -> None:
@@ -125,8 +127,8 @@ async def _member_scenario(tmp: Path) -> None:
         seen = 0
         while True:
             for e in rapi.emitted[seen:]:
-                if e.kind == "reading":
-                    member.charger_reading(e.data)
+                if e.kind == "event" and e.data.get("event") == STATUS_EVENT:
+                    member.charger_reading(ChargerStatus.from_event(e.data))
             seen = len(rapi.emitted)
             await asyncio.sleep(0.1)
 
@@ -184,7 +186,11 @@ async def _member_scenario(tmp: Path) -> None:
                                    f"{member.host}") as r:
                 assert r.status == 200
         await async_wait_for(lambda: not member.state.is_member, timeout=20)
-        await async_wait_for(lambda: draw() > 20, timeout=30)  # back to its own max (32 A)
+        # removed by the controller: the failsafe current, never the charger's own max (32 A)
+        await async_wait_for(lambda: 5.5 <= draw() <= 6.5, timeout=30)
+        for _ in range(20):
+            assert draw() <= 6.5 and dev.model.capacity_a <= 6
+            await asyncio.sleep(0.1)
         # the gateway dies: the charger's own $SY supervision lowers it to the safe current
         await member.stop()
         await rapi.stop()
@@ -346,11 +352,11 @@ def _role_settings(**extra: Any) -> Any:
     return LoadSharingSettings(**{
         "transport": "loadsharing", "charger": "rapi", "loadsharing_enabled": True,
         "loadsharing_heartbeat_timeout": T, "loadsharing_response_time": 1.0,
-        "charger_heartbeat": 0, "discovery": False, **extra})
+        "charger_heartbeat": 0, "discovery": False, "loadsharing_api_open": True, **extra})
 
 
 def _charging(amps: float) -> Envelope:
-    return Envelope("rapi", "reading", {"state_code": 3, "vehicle_connected": 1,
+    return charger_event("rapi", {"state_code": 3, "vehicle_connected": 1,
                                         "charging_current": amps, "pilot_current": amps,
                                         "voltage": 240})
 

@@ -28,6 +28,7 @@ def _settings(port: int, **extra: Any) -> Any:
         "transport": "loadsharing", "charger": "rapi", "loadsharing_enabled": True,
         "loadsharing_group_max_current": 32, "loadsharing_heartbeat_timeout": T,
         "loadsharing_response_time": 1.0, "charger_heartbeat": 0, "discovery": False,
+        "loadsharing_api_open": True,
         "node_listen": f"127.0.0.1:{port}", **extra})
 
 

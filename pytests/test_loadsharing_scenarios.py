@@ -13,8 +13,8 @@ import random
 
 import pytest
 
-from transports.loadsharing.simnet import GroupSpec, SimGroup, calm, converged
-from transports.loadsharing.simsearch import random_walk
+from simulators.loadsharing_simnet import GroupSpec, SimGroup, calm, converged
+from simulators.loadsharing_simsearch import random_walk
 
 
 def make(n: int = 3, seed: int = 0, plugged: bool = True, **spec: object) -> SimGroup:

@@ -22,16 +22,16 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from transports.loadsharing.settings import (  # noqa: F401 - the firmware's wire messages
+from transports.loadsharing.group_keys import (  # the firmware's wire messages
     MSG_ASSUMED,
     MSG_GROUP_MAX,
     MSG_MODE,
-    MSG_READ_ONLY,
     MSG_SAFE,
     MSG_SAFE_OVER_MAX,
     MSG_SAFETY,
     MSG_TIMEOUT,
 )
+from transports.loadsharing.settings import MSG_READ_ONLY  # noqa: F401
 
 SLEEPING = 254
 CHARGING = 3

@@ -96,6 +96,18 @@ def _routes(device: RapiDevice) -> web.RouteTableDef:
         device.send(data)
         return state()
 
+    @routes.post("/capacity")
+    async def capacity(request: web.Request) -> web.Response:
+        """The current changed at the charger itself (its display, its WiFi page)."""
+        body = await _json(request)
+        try:
+            amps = int(body["amps"])
+        except (KeyError, TypeError, ValueError) as exc:
+            raise web.HTTPBadRequest(text=f"bad amps: {exc}") from None
+        device.model.set_current(amps, "volatile")
+        device.notify()
+        return state()
+
     @routes.post("/quirks")
     async def quirks(request: web.Request) -> web.Response:
         body = await _json(request)

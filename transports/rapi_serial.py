@@ -21,30 +21,35 @@ import contextlib
 import functools
 import re
 import time
+from collections import OrderedDict
 from typing import Any
 
 from pydantic import Field
 
 from gateway.backoff import Backoff, RepeatLog
 from gateway.coalesce import Coalescer
-from gateway.message import Envelope, ValueSpec, describe_event
+from gateway.message import EVENT, Envelope, ValueSpec, command_result, describe_event
 from gateway.settings import TransportSettings, serial_identity
 from protocols import rapi_replies as rr
 from protocols.rapi import RapiFrame, RapiGarbage, RapiParser, encode_command, escape
 from protocols.rapi_values import HEARTBEAT_ACK, POLLED, Snapshot, set_current_step, value_specs
 from transports import register
 from transports.base import TransportContext
+from transports.charger import CHARGER, ChargerSettings
 from transports.device import DeviceTransport
+from transports.rapi_charger import OWNER_ONLY, charger_status, user_request
 from transports.rapi_commands import CommandState, execute_command
 from transports.serial_link import OPEN_ERRORS, LinkDown, SerialLink
 
 #: this many commands in a row without an answer: the controller is gone, reconnect.
 DEAD_AFTER_TIMEOUTS = 3
+#: forwarded writes remembered for their answer (the bridge's command window is 16)
+FORWARDED_MAX = 64
 #: a poll woken early (after a command or an $AT) comes at least this long after the last.
 MIN_POLL_GAP = 1.0
 
 
-class RapiSerialSettings(TransportSettings):
+class RapiSerialSettings(ChargerSettings, TransportSettings):
     port: str = Field(description="serial device, PTY path or socket://host:port")
     baudrate: int = Field(default=115200, gt=0, description="serial speed (ignored for TCP)")
     read_interval: float = Field(default=5.0, gt=0, description="seconds between status polls")
@@ -85,7 +90,9 @@ async def wait_event(event: asyncio.Event, timeout: float) -> bool:
 class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
     kind = "rapi_serial"
     Settings = RapiSerialSettings
-    accepts = frozenset({"command"})
+    #: commands, and the owner's results to the writes this charger forwarded to it
+    accepts = frozenset({"command", EVENT})
+    provides = frozenset({CHARGER})  # transports/charger.py, transports/rapi_charger.py
 
     def __init__(self, settings: RapiSerialSettings, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
@@ -108,6 +115,8 @@ class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
         self._unsupported: set[str] = set()
         self._rapi: tuple[int, ...] = (5,)
         self._commanded = CommandState(pulse_interval=float(settings.heartbeat_interval))
+        #: request id of a write forwarded to the owner -> who asked for it
+        self._forwarded: OrderedDict[str, str] = OrderedDict()
         self._garbage_logged = 0.0
         for key in ("garbage", "timeouts", "stale_replies", "bad_replies", "commands",
                     "events_coalesced"):
@@ -405,12 +414,57 @@ class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
     # -- envelopes ------------------------------------------------------------------------
     async def _emit(self, kind: str, data: dict[str, Any], target: Any = None) -> None:
         await self.ctx.emit(kind, data, target=target, info=dict(self.info))
+        owner = self.settings.charger_owner
+        if kind == "reading" and owner:  # the Charger capability's reading, to its one writer
+            await self.ctx.emit("event", charger_status(data).event(), target=owner,
+                                info=dict(self.info))
 
     async def receive(self, envelope: Envelope) -> None:
         data = envelope.data
         reply_to = envelope.source_transport
+        if envelope.kind == EVENT:
+            await self._relay_result(data)
+            return
+        if await self._to_owner(data, reply_to):
+            return
         send = functools.partial(self._request, retries=1, dead_check=False)
         result = await execute_command(data, send, self._connected, self._commanded, self.log)
         self.ctx.counters.incr("rapi_commands")
         await self._emit("event", result, target=reply_to)
         self._wake.set()
+
+    async def _to_owner(self, data: dict[str, Any], source: str) -> bool:
+        """One writer: a grouped charger's current is written by its owner alone; another's
+        write goes to the owner as a request, whose answer we pass on. True when handled."""
+        owner = self.settings.charger_owner
+        if not owner or source == owner:
+            return False
+        if data.get("command") in OWNER_ONLY:
+            await self._emit("event", command_result(
+                data, False, "rejected", f"supervision of this charger belongs to [{owner}]"),
+                target=source)
+            return True
+        try:
+            request = user_request(data, source)
+        except ValueError as exc:
+            await self._emit("event", command_result(data, False, "rejected", str(exc)),
+                             target=source)
+            return True
+        if request is None:
+            return False
+        # The owner answers us (the one it got the command from, so the bridge's command
+        # windows see every command answered by its target); we pass the answer on.
+        self._forwarded[request.request_id] = source
+        while len(self._forwarded) > FORWARDED_MAX:
+            self._forwarded.popitem(last=False)
+        self.ctx.command(owner, request.command())
+        return True
+
+    async def _relay_result(self, data: dict[str, Any]) -> None:
+        """The owner's (or the runner's busy/timeout) answer to a forwarded write, to the
+        transport that asked us for it."""
+        if data.get("event") != "command_result":
+            return
+        requester = self._forwarded.pop(str(data.get("request_id", "")), None)
+        if requester is not None:
+            await self.ctx.emit(EVENT, data, target=requester, info=dict(self.info))

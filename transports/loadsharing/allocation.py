@@ -2,7 +2,7 @@
 
 Every node runs :func:`allocate` on the same inputs and gets the same answer, so the group needs
 no master. No I/O, no clock, no randomness; the order of ``members`` never matters (they are
-sorted by id first). Amps are whole: a charger takes ``$SC n``, so each share is rounded *down*
+sorted by id first). Amps are whole: a charger takes whole amps, so each share is rounded *down*
 to a whole amp and never above the exact equal share, which keeps the budget an upper bound.
 
 The steps (docs/loadsharing.md, "Allocation"):
@@ -30,6 +30,13 @@ from __future__ import annotations
 import math
 from collections.abc import Iterable
 from dataclasses import dataclass
+
+#: The version of these rules. Nodes agree on it like on the group configuration (it is part of
+#: the group hash every report carries, ``NodeConfig.group``): during a rolling upgrade a node
+#: whose :func:`allocate` gives other answers never agrees with an older one, so neither raises
+#: above its fallback until every member runs the same rules (docs/loadsharing.md, §3).
+#: Bump it with any change that can move a share: the steps above, rounding, floors, ordering.
+RULES_VERSION = 1
 
 #: why a member got what it got (OpenEVSE's words where they exist)
 IDLE = "idle"

@@ -1,7 +1,10 @@
-"""The optional group secret: HMAC on peer messages and config pushes, a token for REST writes.
+"""Who may write: the group secret (HMAC on peer messages and config pushes), a token for people.
 
-Without a secret nothing is signed or checked: the node is wire-compatible with OpenEVSE nodes
-on a trusted LAN (their peer client sends no credentials). With one:
+Writes (``POST``/``DELETE``) are refused unless they carry the api token or the group signature;
+with neither configured the node takes no writes at all. Open mode (``loadsharing_api_open``),
+which real OpenEVSE controllers and members need (their peer client sends no credentials), must
+be chosen in the INI; even then the INI stays the ceiling of every value a write may set
+(docs/loadsharing.md). Reports on ``/ws`` are signed only when the group has a secret:
 
 - every report a node publishes on ``/ws`` carries ``pgw_ts`` (unix seconds) and ``pgw_mac`` =
   HMAC-SHA256(secret, ``"report." + ts + "." + report``); a receiver drops frames whose MAC is
@@ -10,7 +13,8 @@ on a trusted LAN (their peer client sends no credentials). With one:
 - requests between peers (config pushes, reciprocal adds, removals) carry ``X-PGW-Timestamp``
   and ``X-PGW-Signature`` = HMAC(secret, ``METHOD + " " + path + "." + ts + "." + body``); a
   signature is accepted once (a replay inside the window is refused);
-- a person's write (``POST``/``DELETE``) needs ``Authorization: Bearer <api token>``.
+- a person's write needs ``Authorization: Bearer <api token>`` (the token works with or
+  without a secret).
 
 Wall time is used here on purpose: a signature must mean the same thing on two machines.
 Clocks of the group must agree within ``window`` (NTP on a LAN does far better).
@@ -22,6 +26,7 @@ import hashlib
 import hmac
 import time
 from collections.abc import Mapping
+from typing import Any
 
 TS_HEADER = "X-PGW-Timestamp"
 SIG_HEADER = "X-PGW-Signature"
@@ -36,10 +41,11 @@ class GroupAuth:
     """Signs and checks with the group secret; every check passes when there is none."""
 
     def __init__(self, secret: str = "", api_token: str = "",
-                 window: float = DEFAULT_WINDOW) -> None:
+                 window: float = DEFAULT_WINDOW, *, open_mode: bool = False) -> None:
         self.secret = secret
         self.api_token = api_token
         self.window = window
+        self.open_mode = open_mode
         self._seen: dict[str, float] = {}  # signature -> wall time, for replay refusal
 
     @property
@@ -79,7 +85,7 @@ class GroupAuth:
     def check_request(self, method: str, path: str, body: bytes, headers: Mapping[str, str],
                       now: float | None = None) -> str | None:
         """None when the write may proceed, else the reason for a 401."""
-        if not self.secret:
+        if self.open_mode:
             return None
         wall = time.time() if now is None else now
         auth = headers.get("Authorization", "")
@@ -87,6 +93,11 @@ class GroupAuth:
             if hmac.compare_digest(auth[7:].strip(), self.api_token):
                 return None
             return "Invalid token"
+        if not self.secret:
+            if not self.api_token:
+                return ("Writes are closed: set loadsharing_api_token or "
+                        "loadsharing_group_secret, or loadsharing_api_open = true")
+            return "Authentication required"
         ts, sig = headers.get(TS_HEADER, ""), headers.get(SIG_HEADER, "")
         if not ts or not sig:
             return "Authentication required"
@@ -102,3 +113,12 @@ class GroupAuth:
             return "Replayed request"
         self._seen[sig] = wall
         return None
+
+
+def auth_from(settings: Any) -> GroupAuth:
+    """The node's auth from its settings (``loadsharing_group_secret``, ``_api_token``,
+    ``_auth_window``, ``_api_open``)."""
+    secret, token = settings.loadsharing_group_secret, settings.loadsharing_api_token
+    return GroupAuth(secret.get_secret_value() if secret else "",
+                     token.get_secret_value() if token else "",
+                     settings.loadsharing_auth_window, open_mode=settings.loadsharing_api_open)

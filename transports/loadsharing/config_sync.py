@@ -25,19 +25,11 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
+from transports.loadsharing import group_keys as gk
 from transports.loadsharing.members import read_json, write_atomic
-from transports.loadsharing.settings import check_keys
 
 FILE_NAME = "loadsharing_config.json"
-SYNCED = (
-    "loadsharing_group_id",
-    "loadsharing_group_max_current",
-    "loadsharing_safety_factor",
-    "loadsharing_heartbeat_timeout",
-    "loadsharing_failsafe_mode",
-    "loadsharing_failsafe_safe_current",
-    "loadsharing_failsafe_peer_assumed_current",
-)
+SYNCED = gk.KEYS  # the group keys (group_keys.GroupKeys), in order
 VERSION = "loadsharing_config_version"
 UPDATED_AT = "loadsharing_config_updated_at"
 HASH = "loadsharing_config_hash"
@@ -64,7 +56,7 @@ def config_hash(values: dict[str, Any], members: tuple[str, ...]) -> str:
 
 def check_group(values: dict[str, Any], members: int) -> str | None:
     """OpenEVSE's message for a bad value, or ours when the failsafe would overload the breaker."""
-    msg = check_keys(values)
+    msg = gk.check(values)
     if msg is not None:
         return msg
     v = normalise(values)

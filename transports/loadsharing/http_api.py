@@ -17,6 +17,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import math
 import sys
 import time
 from typing import Any, Protocol
@@ -53,6 +54,28 @@ class Service(Protocol):
     def discover(self) -> None: ...
     def ls_status(self) -> dict[str, Any]: ...
     def ws_frame(self, frame: dict[str, Any], peer: str) -> None: ...
+
+
+def _finite(text: str) -> float:
+    value = float(text)
+    if not math.isfinite(value):
+        raise ValueError(f"{text} is not a finite number")
+    return value
+
+
+def _int(text: str) -> int:
+    if len(text.lstrip("-")) > 15:
+        raise ValueError(f"{text[:20]}... is too large")
+    return int(text)
+
+
+def _no_constant(name: str) -> Any:
+    raise ValueError(f"{name} is not a number JSON allows")
+
+
+def loads(raw: bytes | str) -> Any:
+    """JSON without NaN, Infinity or numbers too large for a float (1e309): no current is."""
+    return json.loads(raw, parse_float=_finite, parse_int=_int, parse_constant=_no_constant)
 
 
 def _msg(code: int, text: str) -> web.Response:
@@ -142,12 +165,19 @@ class HttpApi:
         r.add_route("*", "/loadsharing/discover", self.discover)
         r.add_route("*", "/loadsharing/status", self.ls_status)
         self._runner: web.AppRunner | None = None
+        self._site: web.TCPSite | None = None
 
     async def start(self, host: str, port: int) -> None:
         self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
                                      logger=_ServerLog(self.log, self.refusals))
         await self._runner.setup()
-        await web.TCPSite(self._runner, host, port, reuse_address=True).start()
+        self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
+        await self._site.start()
+
+    def bound_port(self) -> int:
+        """The port the API listens on (after :meth:`start` with port 0)."""
+        assert self._runner is not None
+        return int(self._runner.addresses[0][1])
 
     async def stop(self) -> None:
         for q in list(self.hub.clients):
@@ -187,7 +217,7 @@ class HttpApi:
         if refused is not None:
             return None, refused
         try:
-            return json.loads(raw), None
+            return loads(raw), None
         except (UnicodeDecodeError, ValueError):
             return None, _msg(400, "Invalid JSON")
 
@@ -207,7 +237,7 @@ class HttpApi:
         if not raw.strip():
             return _msg(400, "No Body")
         try:
-            body = json.loads(raw)
+            body = loads(raw)
         except (UnicodeDecodeError, ValueError):
             body = None
         if not isinstance(body, dict):
@@ -302,7 +332,7 @@ class HttpApi:
     def _ws_in(self, sock: web.WebSocketResponse, data: str, peer: str,
                queue: asyncio.Queue[str | None]) -> None:
         try:
-            frame = json.loads(data)
+            frame = loads(data)
         except ValueError:
             self.counters["ws_bad"] += 1
             self.refusals.warn("ws non-JSON", "/ws client %s sent non-JSON: %s", peer,

@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 
 from transports.loadsharing import allocation as al
 from transports.loadsharing.messages import LedMember
+from transports.loadsharing.openevse_plan import REASON_WORDS, classify, led_entry
 
 if TYPE_CHECKING:
     from transports.loadsharing.node import Node, NodeConfig
@@ -92,8 +93,6 @@ def step_targets(current: dict[str, int], shares: dict[str, int], *, ready: bool
 
 def frame_reason(node: Node, host: str) -> str:
     """OpenEVSE's reason word for a member's frame."""
-    from transports.loadsharing.openevse_plan import REASON_WORDS
-
     if node.mode == "failsafe" or node.result is None:
         return "failsafe_disabled" if node.config.led_floor == 0 else "failsafe"
     a = node.result.by_id().get(host)
@@ -105,8 +104,6 @@ def lead_step(node: Node, links: dict[str, MemberLink], s: GroupSettings,
     """One step of the acting controller, without I/O (``mixed.LedGroup`` and the simulation
     share it): which members show more than their target, the members as published to the
     group, and the frames due (on a change, or ``frame_interval`` after the last)."""
-    from transports.loadsharing.openevse_plan import classify, led_entry
-
     node.led_obeys = lambda host, target: host not in links or links[host].obeys(target)
     for host, link in links.items():
         target = node.led_targets.get(host)

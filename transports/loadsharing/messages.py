@@ -100,13 +100,15 @@ def group_hash(
     failsafe_mode: str,
     timeout: float,
     members: tuple[str, ...],
+    rules: int = 1,
 ) -> str:
-    """Deterministic digest of what must be equal on every member for the allocation to agree."""
-    canon = json.dumps(
-        [group_id, round(group_max, 3), round(safety_factor, 6), round(assumed, 3),
-         failsafe_mode, round(timeout, 3), sorted(members)],
-        separators=(",", ":"),
-    )
+    """Deterministic digest of what must be equal on every member for the allocation to agree:
+    the group's values, its members, and the allocation rules' version (``rules``)."""
+    fields: list[object] = [group_id, round(group_max, 3), round(safety_factor, 6),
+                            round(assumed, 3), failsafe_mode, round(timeout, 3), sorted(members)]
+    if rules != 1:
+        fields.append(f"rules:{rules}")  # version 1 hashes as before: an upgrade stays agreed
+    canon = json.dumps(fields, separators=(",", ":"))
     return hashlib.sha256(canon.encode()).hexdigest()[:16]
 
 

@@ -108,7 +108,7 @@ class LedGroup:
         await self.ctl.start(allocate=False)
         for host in self.hosts:
             await self.ctl.add_member(host, reciprocal=False)
-            self.ctl._spawn(self._reciprocal(host))
+            self.ctl.spawn(self._reciprocal(host))
         self.log.info("leading %d OpenEVSE member(s)", len(self.hosts))
 
     async def _reciprocal(self, host: str) -> None:

@@ -38,7 +38,13 @@ class NetworkKeys(Settings):
     )
     loadsharing_api_token: Secret | None = Field(
         default=None,
-        description="with a group secret: the bearer token people use for REST writes",
+        description="the bearer token people use for REST writes (POST, DELETE)",
+    )
+    loadsharing_api_open: bool = Field(
+        default=False,
+        description="true: REST writes need no token or signature (OpenEVSE's LAN trust, what a "
+        "real OpenEVSE controller or member needs); false (default): writes need the api token "
+        "or the group signature, and are refused (401) when neither is set",
     )
     loadsharing_auth_window: float = Field(
         default=120.0, ge=5.0, le=3600.0,

@@ -24,14 +24,17 @@ import aiohttp
 from gateway.backoff import Backoff
 from gateway.instance import default_base_name, mdns_name, offset_port
 from transports.loadsharing import config_sync as cs
-from transports.loadsharing.auth import GroupAuth
+from transports.loadsharing.auth import auth_from
 from transports.loadsharing.discovery import Discovery
+from transports.loadsharing.group_keys import GroupKeys
 from transports.loadsharing.http_api import HttpApi
 from transports.loadsharing.members import MemberStore, valid_host
 from transports.loadsharing.messages import Report, encode
 from transports.loadsharing.mixed import LedGroup
+from transports.loadsharing.openevse_member import MemberState, validate
 from transports.loadsharing.peer_client import PeerClient
 from transports.loadsharing.rest import RestService
+from transports.loadsharing.runtime_role import refusal
 from transports.loadsharing.settings import parse_address
 
 if TYPE_CHECKING:
@@ -43,7 +46,7 @@ _WILDCARD = {"", "0.0.0.0", "::", "*"}
 
 
 def ini_values(s: Any) -> dict[str, Any]:
-    return {k: getattr(s, k) for k in cs.SYNCED}
+    return GroupKeys.from_settings(s).wire()
 
 
 class NetworkNode(RestService):
@@ -58,11 +61,7 @@ class NetworkNode(RestService):
         shown = socket.gethostname() if host in _WILDCARD else host
         self.node_id = s.node_host or f"{shown}:{self.port}"
         self.device_id = hashlib.sha256(self.node_id.encode()).hexdigest()[:12]
-        secret = s.loadsharing_group_secret
-        token = s.loadsharing_api_token
-        self.auth = GroupAuth(secret.get_secret_value() if secret else "",
-                              token.get_secret_value() if token else "",
-                              s.loadsharing_auth_window)
+        self.auth = auth_from(s)
         state = t.ctx.state_dir
         self.members = MemberStore(state, self.log)
         self.config = cs.ConfigStore(state, self.log, ini_values(s), self_host=self.node_id,
@@ -241,9 +240,6 @@ class NetworkNode(RestService):
 
     def join_openevse(self, push: dict[str, Any], controller: str) -> tuple[int, dict[str, Any]]:
         """An OpenEVSE controller's push: become its member (``runtime_role.py``), if alone."""
-        from transports.loadsharing.openevse_member import MemberState, validate
-        from transports.loadsharing.runtime_role import refusal
-
         bad_host = valid_host(controller)
         if bad_host is not None:
             return 400, {"msg": bad_host}
@@ -289,7 +285,7 @@ class NetworkNode(RestService):
     # -- the node's own status ----------------------------------------------------------------
     def status(self, with_report: bool = True) -> dict[str, Any]:
         t, s, cfg = self.t, self.t.settings, self.group
-        shown = t._local[1] if t._local is not None else {}
+        shown = t.local[1] if t.local is not None else {}
         state = int(shown.get("state", 0))
         node = t.node
         total = float(shown.get("amp", 0.0))

@@ -10,27 +10,27 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import TYPE_CHECKING, Any
+from dataclasses import replace
+from typing import TYPE_CHECKING
 
+from transports.loadsharing import allocation as al
 from transports.loadsharing.mixed import LedGroup, configure_node
 from transports.loadsharing.network import NetworkNode
+from transports.loadsharing.node import MonotonicClock, Node
+from transports.loadsharing.node_config import NodeConfig, from_settings
 
 if TYPE_CHECKING:
     from transports.loadsharing.transport import LoadSharing
 
 
-def group_node_config(net: NetworkNode) -> Any:
+def group_node_config(net: NetworkNode) -> NodeConfig:
     """The Node's configuration from the synced group values and members.
 
     If the failsafe of all members would exceed the breaker (members were added after the
     values were set), the fallback is lowered to the whole amps that fit: the safe direction.
     """
-    from dataclasses import replace
-
-    from transports.loadsharing import allocation as al
-    from transports.loadsharing.transport import node_config
-
-    s, v = net.t.settings, net.group.values
+    s = net.t.settings
+    v = s.bounded(net.group.values)  # the INI is the ceiling of what sync brought
     members = net.group.members
     disable = v["loadsharing_failsafe_mode"] == "disable"
     ceiling = v["loadsharing_group_max_current"] * v["loadsharing_safety_factor"]
@@ -39,7 +39,7 @@ def group_node_config(net: NetworkNode) -> Any:
     if chargers * fallback > ceiling:
         fallback = float(int(ceiling // chargers))
     cfg = replace(
-        node_config(s), node_id=net.node_id, members=members,
+        from_settings(s), node_id=net.node_id, members=members,
         limits=al.Limits(v["loadsharing_group_max_current"], v["loadsharing_safety_factor"],
                          v["loadsharing_failsafe_peer_assumed_current"]),
         timeout=v["loadsharing_heartbeat_timeout"], fallback=fallback, disable_mode=disable,
@@ -51,21 +51,15 @@ def group_node_config(net: NetworkNode) -> Any:
 async def run_networked(t: LoadSharing) -> None:
     """``LoadSharing.run`` for a node with ``node_listen``: the same life, the HTTP peer link,
     and a new Node (a new epoch) whenever the group configuration changes."""
-    from transports.loadsharing.node import Node
-    from transports.loadsharing.transport import FIRST_STATUS_WAIT, MonotonicClock
-
     rebuild = asyncio.Event()
     net = NetworkNode(t, rebuild.set)
-    t.net = net  # type: ignore[attr-defined]
+    t.net = net
     leading = LedGroup(net.node_id, t.settings.openevse_members, t.log)
     net.led_group = leading
     await net.start()
     try:
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(t._first_status.wait(), FIRST_STATUS_WAIT)
-        initial = 0
-        if t._charger_limit is not None and not t._charger_paused:
-            initial = t._charger_limit
+        await t.wait_first_status()
+        initial = t.charger_offers()
 
         def build() -> None:
             cfg = group_node_config(net)
@@ -77,29 +71,21 @@ async def run_networked(t: LoadSharing) -> None:
                 # same members and timing: new values apply in place, views kept; the new
                 # group hash stops agreement until every member has it (lower at once, raise
                 # only on agreement), without waiting a whole view hold again
-                old.config = cfg
-                old._group = cfg.group
-                old.evaluate()
+                old.reconfigure(cfg)
                 t.log.info("node %s: group version %d applied", net.node_id, net.group.version)
                 return
             limit = t.node.limit if t.node is not None else initial
             t.node = None
-            t.node = Node(cfg, MonotonicClock(), net, t._on_limit, epoch=t._next_epoch(),
-                          initial_limit=limit,
-                          demanding=t._local is not None and t._local[0],
+            t.node = Node(cfg, MonotonicClock(), net, t.set_limit, epoch=t.next_epoch(),
+                          initial_limit=limit, demanding=t.local is not None and t.local[0],
                           on_led=leading.on_led)
-            if t._local is not None:
-                t.node.set_local(t._local[0], **t._local[1])
+            t.show_local()
             t.log.info("node %s: group of %d (version %d), fallback %g A, view hold %.1f s",
                        net.node_id, len(cfg.members), net.group.version, cfg.fallback,
                        cfg.view_hold)
 
         build()
-        await t._start_supervision()
-        workers = [asyncio.create_task(t._command_loop())]
-        if t.settings.charger_heartbeat > 0:
-            workers.append(asyncio.create_task(t._pulse_loop()))
-        try:
+        async with t.driving():
             while not t.ctx.stopping.is_set() and not t.switch_role.is_set():
                 if rebuild.is_set():
                     rebuild.clear()
@@ -110,13 +96,10 @@ async def run_networked(t: LoadSharing) -> None:
                     leading.wake.clear()
                     await leading.step(t.node)
                 net.publish()
-                await t._show()
+                await t.show()
                 with contextlib.suppress(TimeoutError):
                     async with asyncio.timeout(0.5):
                         await _first(rebuild, leading.wake, t.switch_role)
-        finally:
-            for w in workers:
-                w.cancel()
     finally:
         await leading.stop()
         await net.stop()

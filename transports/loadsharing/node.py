@@ -1,10 +1,10 @@
 """One member of a masterless load-sharing group, as a sans-I/O state machine.
 
-The node owns no socket and no timer. A driver (``transport.py`` for real, ``simnet.py`` in
-tests) gives it a :class:`Clock`, a :class:`PeerLink` to send through, delivers incoming reports
-to :meth:`Node.receive`, local charger status to :meth:`Node.set_local`, and calls
-:meth:`Node.tick` often (every second or so); the node calls ``on_limit(amps)`` whenever the
-current its charger may offer changes (0 = pause).
+The node owns no socket and no timer. A driver (``transport.py`` for real,
+``simulators/loadsharing_simnet.py`` in tests) gives it a :class:`Clock`, a :class:`PeerLink`
+to send through, delivers incoming reports to :meth:`Node.receive`, local charger status to
+:meth:`Node.set_local`, and calls :meth:`Node.tick` often (every second or so); the node calls
+``on_limit(amps)`` whenever the current its charger may offer changes (0 = pause).
 
 Why it is safe when views differ (the whole argument is in docs/loadsharing.md):
 
@@ -25,6 +25,7 @@ Why it is safe when views differ (the whole argument is in docs/loadsharing.md):
 from __future__ import annotations
 
 import math
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any, Protocol
@@ -35,11 +36,19 @@ from transports.loadsharing.demand import DemandTracker
 from transports.loadsharing.messages import LedMember, Report, Status
 from transports.loadsharing.node_config import NodeConfig
 
-__all__ = ["AGREED", "FAILSAFE", "HOLD", "DemandTracker", "Node", "NodeConfig"]
+__all__ = ["AGREED", "FAILSAFE", "HOLD", "DemandTracker", "MonotonicClock", "Node",
+           "NodeConfig"]
 
 AGREED = "agreed"
 HOLD = "hold"
 FAILSAFE = "failsafe"
+
+
+class MonotonicClock:
+    """The real clock (the simulation passes its own)."""
+
+    def now(self) -> float:
+        return time.monotonic()
 
 
 class Clock(Protocol):
@@ -117,6 +126,13 @@ class Node:
         self._last_key: tuple[Any, ...] = ()
         self.on_limit(self.limit)
         self.evaluate()  # announce ourselves at once
+
+    def reconfigure(self, config: NodeConfig) -> None:
+        """New group values for the same members and timing: views are kept, and the new group
+        hash stops agreement until every member has it (lower at once, raise on agreement)."""
+        self.config = config
+        self._group = config.group
+        self.evaluate()
 
     # -- inputs -------------------------------------------------------------------------------
     def set_local(self, demanding: bool, **shown: Any) -> None:

@@ -8,9 +8,19 @@ simulations from their specs.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
+from gateway.instance import offset_address
 from transports.loadsharing import allocation as al
 from transports.loadsharing.messages import group_hash
+
+if TYPE_CHECKING:
+    from transports.loadsharing.settings import LoadSharingSettings
+
+#: seconds a node waits for the charger's first status before starting paused
+FIRST_STATUS_WAIT = 5.0
+#: seconds between two readings of the node's state when nothing changes
+READING_EVERY = 30.0
 
 
 @dataclass(frozen=True)
@@ -31,6 +41,7 @@ class NodeConfig:
     led: tuple[str, ...] = ()  # OpenEVSE members, led by the view's lowest id (led.py)
     led_floor: int = 0  # what each counts at least: its own failsafe current
     extra_hold: float = 0.0  # added to the view hold: how late a led member may fall back
+    rules: int = al.RULES_VERSION  # the allocation rules this node runs (part of the group hash)
 
     def __post_init__(self) -> None:
         if self.node_id not in self.members:
@@ -76,9 +87,34 @@ class NodeConfig:
             safety_factor=self.limits.safety_factor, assumed=self.limits.peer_assumed_current,
             failsafe_mode="disable" if self.disable_mode else "safe_current",
             timeout=self.timeout, members=self.members + tuple(f"led:{h}" for h in self.led),
+            rules=self.rules,
         )
 
     def quorum(self, view: tuple[str, ...]) -> bool:
         if self.disable_mode:
             return len(view) == len(self.members)
         return 2 * len(view) > len(self.members)
+
+
+def from_settings(s: LoadSharingSettings, instance: int = 0) -> NodeConfig:
+    """The node's configuration; with a link, a member's id is its address after the offset."""
+    me = offset_address(s.listen, instance) if s.listen else s.member_id
+    members = tuple(sorted({me, *s.peers}))
+    return NodeConfig(
+        node_id=me,
+        members=members,
+        limits=al.Limits(
+            s.loadsharing_group_max_current, s.loadsharing_safety_factor,
+            s.loadsharing_failsafe_peer_assumed_current,
+        ),
+        timeout=s.loadsharing_heartbeat_timeout,
+        fallback=s.fallback_current,
+        disable_mode=s.loadsharing_failsafe_mode == "disable",
+        min_current=s.loadsharing_min_current,
+        max_current=s.loadsharing_max_current,
+        priority=s.loadsharing_priority,
+        response_time=s.loadsharing_response_time,
+        rho=s.loadsharing_clock_tolerance,
+        heartbeat_interval=s.loadsharing_heartbeat_interval,
+        group_id=s.loadsharing_group_id,
+    )

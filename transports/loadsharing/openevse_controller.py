@@ -100,7 +100,7 @@ class OpenEvseController:
         if self._session is not None:
             await self._session.close()
 
-    def _spawn(self, coro: Any) -> None:
+    def spawn(self, coro: Any) -> None:
         task = asyncio.create_task(coro)
         self._background.add(task)
         task.add_done_callback(self._background.discard)
@@ -122,7 +122,7 @@ class OpenEvseController:
         self.version += 1
         for link in self.links.values():
             if link.ws is not None and not link.ws.closed:
-                self._spawn(self._push(link))
+                self.spawn(self._push(link))
         self._wake.set()
 
     def repush(self, host: str) -> None:
@@ -130,7 +130,7 @@ class OpenEvseController:
         link = self.links.get(host)
         if link is not None:
             link.pushed_version = 0
-            self._spawn(self._push(link))
+            self.spawn(self._push(link))
 
     async def controller_of(self, host: str) -> str | None:
         """The ``loadsharing_controller_host`` a member's ``GET /config`` names, or None."""
@@ -220,7 +220,7 @@ class OpenEvseController:
             link.ws = ws
             link.last_text = time.monotonic()
             if link.pushed_version != self.version:
-                self._spawn(self._push(link))
+                self.spawn(self._push(link))
             self._wake.set()
             while True:
                 left = link.last_text + s.heartbeat_timeout - time.monotonic()

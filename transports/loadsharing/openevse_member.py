@@ -7,8 +7,8 @@ An OpenEVSE controller (firmware branch ``jeremypoulter/issue940``) adds a node 
 frames into it every 5 s. :class:`MemberState` is that contract as plain state (no I/O, the clock
 passed in), so the rules can be tested without sockets; :class:`OpenEvseMemberNode` serves it on
 HTTP with :class:`~transports.loadsharing.http_api.HttpApi` and turns the limit into charger
-commands (``set_current`` volatile, ``sleep``), with RAPI ``$SY`` supervision so that a dead
-gateway still leaves the charger at the safe current.
+commands (the Charger capability, ``transports/charger.py``: set limit, pause, resume), with
+supervision so that a dead gateway still leaves the charger at the safe current.
 
 Safety: the controller may count this node at its failsafe reserve once it stops hearing it for
 ``heartbeat_timeout`` plus a margin; that is only safe because this node, with no frame for
@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import ipaddress
 import itertools
 import logging
 import math
@@ -31,43 +32,24 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any
 
+from transports.charger import ChargerStatus, Pause, Pulse, Resume, SetLimit, Supervise, command
+from transports.loadsharing import group_keys as gk
 from transports.loadsharing.auth import GroupAuth
+from transports.loadsharing.demand import wire_state
+from transports.loadsharing.http_api import HttpApi
 from transports.loadsharing.settings import MSG_READ_ONLY as READ_ONLY_MSG
 
 #: the group keys a controller pushes; a member stores them and shows them in ``GET /config``
 GROUP_KEYS = (
-    "loadsharing_enabled", "loadsharing_group_id", "loadsharing_group_max_current",
-    "loadsharing_safety_factor", "loadsharing_heartbeat_timeout", "loadsharing_failsafe_mode",
-    "loadsharing_failsafe_safe_current", "loadsharing_failsafe_peer_assumed_current",
-    "loadsharing_role", "loadsharing_controller_host", "loadsharing_rotation_interval",
+    "loadsharing_enabled", *gk.KEYS, "loadsharing_role", "loadsharing_controller_host",
+    "loadsharing_rotation_interval",
 )
 
 
 def validate(cfg: dict[str, Any]) -> str | None:
-    """OpenEVSE's messages (``web_server_config.cpp``), first failing rule, else None."""
-    try:
-        gmax = float(cfg["loadsharing_group_max_current"])
-        sf = float(cfg["loadsharing_safety_factor"])
-        hb = float(cfg["loadsharing_heartbeat_timeout"])
-        safe = float(cfg["loadsharing_failsafe_safe_current"])
-        assumed = float(cfg["loadsharing_failsafe_peer_assumed_current"])
-    except (TypeError, ValueError):
-        return "Could not parse JSON"
-    if not gmax >= 0:
-        return "loadsharing_group_max_current must be >= 0"
-    if not 0.0 <= sf <= 1.0:
-        return "loadsharing_safety_factor must be between 0.0 and 1.0"
-    if not 5 <= hb <= 600:
-        return "loadsharing_heartbeat_timeout must be between 5 and 600 seconds"
-    if not 0 <= safe <= 80:
-        return "loadsharing_failsafe_safe_current must be between 0 and 80 amps"
-    if not 0 <= assumed <= 80:
-        return "loadsharing_failsafe_peer_assumed_current must be between 0 and 80 amps"
-    if cfg["loadsharing_failsafe_mode"] not in ("safe_current", "disable"):
-        return "loadsharing_failsafe_mode must be 'safe_current' or 'disable'"
-    if gmax > 0 and safe > gmax:
-        return "loadsharing_failsafe_safe_current must not exceed loadsharing_group_max_current"
-    return None
+    """OpenEVSE's messages (``web_server_config.cpp``), first failing rule, else None (a member
+    takes any reserve: its controller allocates)."""
+    return gk.check(cfg, cross=False)
 
 
 def host_ip(host: str) -> str:
@@ -89,11 +71,7 @@ class MemberState:
     priority: int = 0
     charger_min: int = 6
     config: dict[str, Any] = field(default_factory=lambda: {
-        "loadsharing_enabled": False, "loadsharing_group_id": "",
-        "loadsharing_group_max_current": 0.0, "loadsharing_safety_factor": 1.0,
-        "loadsharing_heartbeat_timeout": 30, "loadsharing_failsafe_mode": "safe_current",
-        "loadsharing_failsafe_safe_current": 6.0,
-        "loadsharing_failsafe_peer_assumed_current": 6.0,
+        "loadsharing_enabled": False, **gk.GroupKeys().wire(),
         "loadsharing_role": "", "loadsharing_controller_host": "",
         "loadsharing_rotation_interval": 1800,
     })
@@ -225,8 +203,6 @@ class MemberState:
 
 
 def _is_ip(text: str) -> bool:
-    import ipaddress
-
     try:
         ipaddress.ip_address(text)
     except ValueError:
@@ -241,15 +217,13 @@ class OpenEvseMemberNode:
     """A :class:`~transports.loadsharing.http_api.Service` playing an OpenEVSE member.
 
     ``command`` receives charger command payloads (what the loadsharing transport emits to its
-    RAPI section); ``charger_reading`` takes that section's readings.
+    charger section); ``charger_reading`` takes that section's status.
     """
 
     def __init__(self, state: MemberState, command: Command, *, listen_port: int = 0,
                  listen_host: str = "127.0.0.1", advertised: str = "",
                  charger_heartbeat: int = 0, keepalive: float = 2.0,
-                 log: logging.Logger | None = None) -> None:
-        from transports.loadsharing.http_api import HttpApi
-
+                 log: logging.Logger | None = None, auth: GroupAuth | None = None) -> None:
         self.state = state
         self.command = command
         self.port = listen_port
@@ -258,7 +232,8 @@ class OpenEvseMemberNode:
         self.charger_heartbeat = charger_heartbeat
         self.keepalive = keepalive
         self.log = log or logging.getLogger("loadsharing.openevse_member")
-        self.auth = GroupAuth()
+        # an OpenEVSE controller sends no credentials: open unless the caller says otherwise
+        self.auth = auth if auth is not None else GroupAuth(open_mode=True)
         self.api = HttpApi(self, self.log)
         self.started = time.monotonic()
         self.charger: dict[str, Any] = {"amp": 0, "voltage": 240, "pilot": 0, "state": 0,
@@ -277,8 +252,7 @@ class OpenEvseMemberNode:
     async def start(self) -> None:
         await self.api.start(self.listen_host, self.port)
         if self.port == 0:
-            site = next(iter(self.api._runner.sites))  # type: ignore[union-attr]
-            self.port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+            self.port = self.api.bound_port()
         if self.charger_heartbeat > 0:
             self._tasks.append(asyncio.create_task(self._pulse()))
         self._tasks.append(asyncio.create_task(self._loop()))
@@ -291,39 +265,34 @@ class OpenEvseMemberNode:
         await self.api.stop()
 
     # -- the charger ------------------------------------------------------------------------
-    def charger_reading(self, data: dict[str, Any]) -> None:
-        """A RAPI reading (``state_code``, ``charging_current`` A, ``pilot_current`` ...)."""
-        cur = data.get("charging_current")
-        if isinstance(cur, (int, float)):
-            self.charger["amp"] = round(cur * 1000)
-        for src, dst in (("voltage", "voltage"), ("pilot_current", "pilot"),
-                         ("state_code", "state")):
-            if isinstance(data.get(src), (int, float)):
-                self.charger[dst] = data[src]
-        if "vehicle_connected" in data:
-            self.charger["vehicle"] = 1 if data["vehicle_connected"] in (1, True) else 0
-        self._charger_seen.set()
-        self.api.hub.publish(self.status())
+    def charger_reading(self, status: ChargerStatus) -> None:
+        """The charger's status (the Charger capability, ``transports/charger.py``)."""
+        self.charger_shown({"amp": status.measured_current or 0.0,
+                            "voltage": status.voltage or 0.0,
+                            "pilot": status.offered_current or 0.0,
+                            "state": wire_state(status),
+                            "vehicle": 1 if status.vehicle_connected else 0})
 
     def charger_shown(self, shown: dict[str, Any]) -> None:
-        """The loadsharing transport's view of its charger (``amp`` in A, as it keeps it)."""
-        self.charger_reading({"charging_current": shown.get("amp", 0.0),
-                              "voltage": shown.get("voltage", 0.0),
-                              "pilot_current": shown.get("pilot", 0.0),
-                              "state_code": shown.get("state", 0),
-                              "vehicle_connected": shown.get("vehicle", 0)})
+        """The charger as OpenEVSE's wire shows it (``amp`` in A, as the transport keeps it)."""
+        self.charger.update({"amp": round(float(shown.get("amp", 0.0)) * 1000),
+                             "voltage": shown.get("voltage", 0.0),
+                             "pilot": shown.get("pilot", 0.0), "state": shown.get("state", 0),
+                             "vehicle": shown.get("vehicle", 0)})
+        self._charger_seen.set()
+        self.api.hub.publish(self.status())
 
     async def _command(self, data: dict[str, Any]) -> None:
         await self.command({**data, "request_id": f"ls-member-{next(self._ids)}"})
 
     async def _apply(self, amps: int) -> None:
         if amps == 0:
-            await self._command({"command": "sleep"})
+            await self._command(command(Pause()))
             self.paused = True
         else:
-            await self._command({"command": "set_current", "amps": amps, "volatile": True})
+            await self._command(command(SetLimit(amps)))
             if self.paused or self.sent is None:
-                await self._command({"command": "enable"})
+                await self._command(command(Resume()))
                 self.paused = False
         self.sent = amps
 
@@ -348,13 +317,11 @@ class OpenEvseMemberNode:
                 else:
                     self.log.info("member failsafe cleared by a frame from the controller")
             if amps is None and self.sent is not None:
-                # left the group (the controller's reset): the charger's own max, once
-                self.log.info("left the group: charger back to its own max")
-                await self._command({"command": "set_current", "amps": self.state.max_current,
-                                     "volatile": True})
-                if self.paused:
-                    await self._command({"command": "enable"})
-                    self.paused = False
+                # left the group (the controller's reset): the failsafe current, never the
+                # charger's own maximum (nobody stands behind a higher value any more)
+                safe = int(float(self.state.config["loadsharing_failsafe_safe_current"]))
+                self.log.info("left the group: charger at the failsafe current %d A", safe)
+                await self._apply(safe if safe >= self.state.charger_min else 0)
                 self.sent = None
             if amps is not None and amps != self.sent:
                 self.log.debug("charger limit %s A (%s)", amps, reason)
@@ -367,16 +334,15 @@ class OpenEvseMemberNode:
                                    "uptime": int(now - self.started)})
 
     async def _pulse(self) -> None:
-        """``$SY``: configured once the charger answers, then pulsed; the RAPI section
+        """Supervision: configured once the charger answers, then pulsed; the charger section
         re-configures it after a reconnect or a controller boot."""
         await self._charger_seen.wait()
         safe = int(float(self.state.config["loadsharing_failsafe_safe_current"]))
-        await self._command({"command": "heartbeat", "interval": self.charger_heartbeat,
-                             "amps": safe, "self_pulse": False})
+        await self._command(command(Supervise(self.charger_heartbeat, safe)))
         every = max(1.0, self.charger_heartbeat / 3)
         while True:
             await asyncio.sleep(every)
-            await self._command({"command": "heartbeat"})
+            await self._command(command(Pulse()))
 
     # -- Service ----------------------------------------------------------------------------
     def status(self) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 from transports.loadsharing import allocation as al
+from transports.loadsharing.group_keys import GroupKeys
 from transports.loadsharing.messages import LedMember
 
 if TYPE_CHECKING:
@@ -54,16 +55,28 @@ class GroupSettings:
     def frame_interval(self) -> float:
         return min(5.0, self.heartbeat_timeout / 3)
 
+    @classmethod
+    def from_keys(cls, keys: GroupKeys, **timing: float) -> GroupSettings:
+        """The controller's settings from the group keys, plus its timing (margin, response)."""
+        return cls(group_max=keys.group_max_current, group_id=keys.group_id,
+                   safety_factor=keys.safety_factor, heartbeat_timeout=keys.heartbeat_timeout,
+                   failsafe_mode=keys.failsafe_mode, safe_current=keys.failsafe_safe_current,
+                   peer_assumed_current=keys.failsafe_peer_assumed_current, **timing)
+
+    def keys(self) -> GroupKeys:
+        return GroupKeys(group_id=self.group_id, group_max_current=self.group_max,
+                         safety_factor=self.safety_factor,
+                         heartbeat_timeout=self.heartbeat_timeout,
+                         failsafe_mode=self.failsafe_mode,
+                         failsafe_safe_current=self.safe_current,
+                         failsafe_peer_assumed_current=self.peer_assumed_current)
+
     def push_body(self, own_host: str) -> dict[str, Any]:
-        return {"loadsharing_enabled": True, "loadsharing_role": "member",
-                "loadsharing_controller_host": own_host,
-                "loadsharing_group_id": self.group_id,
-                "loadsharing_group_max_current": self.group_max,
-                "loadsharing_safety_factor": self.safety_factor,
-                "loadsharing_heartbeat_timeout": int(self.heartbeat_timeout),
-                "loadsharing_failsafe_mode": self.failsafe_mode,
-                "loadsharing_failsafe_safe_current": self.safe_current,
-                "loadsharing_failsafe_peer_assumed_current": self.peer_assumed_current}
+        body = {"loadsharing_enabled": True, "loadsharing_role": "member",
+                "loadsharing_controller_host": own_host, **self.keys().wire()}
+        # OpenEVSE stores the timeout as an integer
+        body["loadsharing_heartbeat_timeout"] = int(self.heartbeat_timeout)
+        return body
 
 
 @dataclass

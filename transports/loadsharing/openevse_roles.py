@@ -1,7 +1,7 @@
 """``LoadSharing.run`` for a node in an OpenEVSE group (``loadsharing_role`` member or controller).
 
 The transport keeps what it already does for a masterless node: the charger's readings
-(``t._local``), its command queue (``t._on_limit`` -> ``set_current``/``sleep``), ``$SY``
+(``t.local``), its one writer of the charger (``t.set_limit`` -> ``ChargerWriter``),
 supervision and pulses. This module swaps the masterless ``Node`` for the OpenEVSE role:
 
 - ``member``: :class:`~transports.loadsharing.openevse_member.OpenEvseMemberNode` on
@@ -19,44 +19,33 @@ import asyncio
 import contextlib
 import datetime
 import hashlib
-import socket
 import time
 from typing import TYPE_CHECKING, Any
 
-from transports.loadsharing.auth import GroupAuth
+from transports.loadsharing.auth import auth_from
+from transports.loadsharing.group_keys import GroupKeys
+from transports.loadsharing.http_api import HttpApi
 from transports.loadsharing.members import MemberStore, valid_host
+from transports.loadsharing.node_config import READING_EVERY
 from transports.loadsharing.openevse_controller import GroupSettings, OpenEvseController
 from transports.loadsharing.openevse_member import (
     MemberState,
     OpenEvseMemberNode,
-    validate,
 )
-from transports.loadsharing.settings import parse_address
+from transports.loadsharing.settings import node_address
 
 if TYPE_CHECKING:
     from transports.loadsharing.transport import LoadSharing
 
-_WILDCARD = ("", "0.0.0.0", "::")
-
-
 def _address(t: LoadSharing) -> tuple[str, int, str]:
     """(bind host, port with the instance offset, how peers reach us)."""
-    from gateway.instance import offset_address
-
-    host, port = parse_address(offset_address(t.settings.node_listen, t.ctx.general.instance))
-    shown = socket.gethostname() if host in _WILDCARD else host
-    return host, port, t.settings.node_host or f"{shown}:{port}"
+    return node_address(t.settings.node_listen, t.settings.node_host, t.ctx.general.instance)
 
 
 def group_settings(t: LoadSharing) -> GroupSettings:
     s = t.settings
-    return GroupSettings(
-        group_max=s.loadsharing_group_max_current, group_id=s.loadsharing_group_id,
-        safety_factor=s.loadsharing_safety_factor,
-        heartbeat_timeout=float(s.loadsharing_heartbeat_timeout),
-        failsafe_mode=s.loadsharing_failsafe_mode,
-        safe_current=s.loadsharing_failsafe_safe_current,
-        peer_assumed_current=s.loadsharing_failsafe_peer_assumed_current,
+    return GroupSettings.from_keys(
+        GroupKeys.from_settings(s),
         offline_margin=max(2.0, 2 * s.loadsharing_clock_tolerance
                            * s.loadsharing_heartbeat_timeout + 1.0),
         response_time=s.loadsharing_response_time)
@@ -70,23 +59,12 @@ async def run_openevse_role(t: LoadSharing, role: str,
     if not s.node_listen:
         raise ValueError("loadsharing_role needs node_listen (OpenEVSE peers speak HTTP)")
     bind, port, me = _address(t)
-    from transports.loadsharing.transport import FIRST_STATUS_WAIT
-
-    with contextlib.suppress(TimeoutError):
-        async with asyncio.timeout(FIRST_STATUS_WAIT):
-            await t._first_status.wait()
-    await t._start_supervision()
-    workers = [asyncio.create_task(t._command_loop())]
-    if s.charger_heartbeat > 0:
-        workers.append(asyncio.create_task(t._pulse_loop()))
-    try:
+    await t.wait_first_status()
+    async with t.driving():
         if role == "member":
             await _member(t, bind, port, me, pushed)
         else:
             await _controller(t, bind, port, me)
-    finally:
-        for w in workers:
-            w.cancel()
 
 
 class Shown:
@@ -100,8 +78,6 @@ class Shown:
 
     async def show(self, mode: str, limit: int | None, failsafe: bool, online: int,
                    offline: int) -> None:
-        from transports.loadsharing.transport import READING_EVERY
-
         now = time.monotonic()
         shown = (mode, limit, failsafe, online, offline)
         if shown == self.last and now - self.at < READING_EVERY:
@@ -134,21 +110,31 @@ async def _member(t: LoadSharing, bind: str, port: int, me: str,
         return None  # the limit goes through the transport's queue below
 
     node = OpenEvseMemberNode(state, no_command, listen_port=port, listen_host=bind,
-                              advertised=me, log=t.log)
+                              advertised=me, log=t.log, auth=auth_from(s))
     await node.start()
     t.log.info("OpenEVSE member on %s: waiting for a controller's push", me)
     last: int | None = None
     shown = Shown(t, me)
+    # the INI is a ceiling: a controller's frame may lower the charger, never raise it above
+    # this node's group maximum (when set) or the charger's maximum (docs/loadsharing.md)
+    ceiling = s.loadsharing_group_max_current * s.loadsharing_safety_factor
     try:
         while not t.ctx.stopping.is_set():
-            if t._local is not None:
-                node.charger_shown(t._local[1])
+            if t.local is not None:
+                node.charger_shown(t.local[1])
+            state.max_current = t.writer.allocation_max()  # what the controller allocates from
             amps, _ = state.limit(time.monotonic())
-            if amps is None and last is not None:
-                amps = s.loadsharing_max_current  # left the group: the charger's own max
-            if amps is not None and amps != last:
-                t._on_limit(amps)
-                last = amps if state.is_member else None
+            if amps is not None and ceiling > 0:
+                amps = min(amps, int(ceiling))
+            if amps is None:
+                # not yet (or no longer) in the controller's group: the failsafe current, never
+                # the charger's own maximum (a restarted member waits for the next push like
+                # this; a member that left hands over to the masterless node, which raises it
+                # only on agreement)
+                amps = int(s.fallback_current)
+            if amps != last:
+                t.set_limit(amps)
+                last = amps
             if pushed is not None and not state.is_member:
                 t.log.info("the OpenEVSE controller reset this node's role: back to the "
                            "masterless protocol")
@@ -172,11 +158,11 @@ class ControllerService:
     def __init__(self, t: LoadSharing, ctl: OpenEvseController, store: MemberStore,
                  me: str) -> None:
         self.t, self.ctl, self.store, self.me = t, ctl, store, me
-        self.auth = GroupAuth()
+        self.auth = auth_from(t.settings)
         self.started = time.monotonic()
 
     def status(self) -> dict[str, Any]:
-        shown = self.t._local[1] if self.t._local is not None else {}
+        shown = self.t.local[1] if self.t.local is not None else {}
         s = self.t.settings
         return {"amp": round(float(shown.get("amp", 0.0)) * 1000),
                 "voltage": shown.get("voltage", 0), "pilot": shown.get("pilot", 0),
@@ -203,23 +189,16 @@ class ControllerService:
         keys = {k: v for k, v in body.items() if k.startswith("loadsharing_")}
         if "loadsharing_role" in keys and keys["loadsharing_role"] != "controller":
             return 403, {"msg": "the role of this node is set in its configuration file"}
-        merged = {**self.config_view(), **keys}
-        why = validate(merged)
-        if why is not None:
-            return 400, {"msg": why}
         g = self.ctl.settings
         try:
-            new = GroupSettings(
-                group_max=float(merged["loadsharing_group_max_current"]),
-                group_id=str(merged["loadsharing_group_id"]),
-                safety_factor=float(merged["loadsharing_safety_factor"]),
-                heartbeat_timeout=float(merged["loadsharing_heartbeat_timeout"]),
-                failsafe_mode=str(merged["loadsharing_failsafe_mode"]),
-                safe_current=float(merged["loadsharing_failsafe_safe_current"]),
-                peer_assumed_current=float(merged["loadsharing_failsafe_peer_assumed_current"]),
-                offline_margin=g.offline_margin, response_time=g.response_time)
+            new = GroupSettings.from_keys(GroupKeys.from_wire(keys, g.keys()),
+                                          offline_margin=g.offline_margin,
+                                          response_time=g.response_time)
         except ValueError as exc:
             return 400, {"msg": str(exc)}
+        why = self.t.settings.above_ceiling(keys)
+        if why is not None:
+            return 400, {"msg": why}
         if new == g:
             return 200, {"msg": "no change"}
         self.ctl.update_settings(new)
@@ -270,12 +249,10 @@ class ControllerService:
 
 
 async def _controller(t: LoadSharing, bind: str, port: int, me: str) -> None:
-    from transports.loadsharing.http_api import HttpApi
-
     s = t.settings
-    demanding: bool | None = None
+    demanding: tuple[bool, int] | None = None
     shown = Shown(t, me)
-    ctl = OpenEvseController(me, group_settings(t), log=t.log, on_local_limit=t._on_limit)
+    ctl = OpenEvseController(me, group_settings(t), log=t.log, on_local_limit=t.set_limit)
     store = MemberStore(t.ctx.state_dir, t.log)
     service = ControllerService(t, ctl, store, me)
     api = HttpApi(service, t.log)
@@ -286,10 +263,11 @@ async def _controller(t: LoadSharing, bind: str, port: int, me: str) -> None:
     t.log.info("OpenEVSE controller on %s with %d member(s)", me, len(store.peers))
     try:
         while not t.ctx.stopping.is_set():
-            if t._local is not None and t._local[0] != demanding:
-                demanding = t._local[0]
-                ctl.set_local(t._local[0], s.loadsharing_min_current,
-                              s.loadsharing_max_current, s.loadsharing_priority)
+            local = (t.local[0], t.writer.allocation_max()) if t.local is not None else None
+            if local is not None and local != demanding:
+                demanding = local
+                ctl.set_local(local[0], s.loadsharing_min_current, local[1],
+                              s.loadsharing_priority)
             api.hub.publish(service.status())  # uptime moves: /ws never goes silent
             states = list(ctl.last_plan.states.values()) if ctl.last_plan else []
             online = sum(1 for x in states if x == "online")

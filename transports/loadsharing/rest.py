@@ -63,6 +63,8 @@ class RestService:
         synced = {k: ls[k] for k in cs.SYNCED if k in ls}
         merged = {**self.group.values, **synced}
         msg = cs.check_group(merged, len(self.group.members)) if synced else None
+        if msg is None:
+            msg = self.t.settings.above_ceiling(synced)
         if msg is None and "loadsharing_priority" in ls:
             p = ls["loadsharing_priority"]
             if isinstance(p, bool) or not isinstance(p, int):
@@ -218,6 +220,7 @@ class RestService:
             "config_version": self.group.version, "config_hash": self.group.hash,
             "mode": node.mode if node is not None else "starting",
             "limit": node.limit if node is not None else None,
+            "charger": self.t.charger_view(),
             **(self.led_group.snapshot(node) if self.led_group and self.led_group.hosts else {}),
         }
 

@@ -1,7 +1,7 @@
 """The ``loadsharing`` section: OpenEVSE's ``loadsharing_*`` keys, ours, and their checks.
 
 The group keys keep OpenEVSE's names, defaults and error messages (its ``/config`` answers 400
-with exactly these words, and part 2's REST API will too: :func:`check_keys` gives the message).
+with exactly these words, and so does our REST API): ``group_keys.py`` holds them once.
 Keys OpenEVSE has no use for in a masterless group (``loadsharing_role``, ...) are accepted so a
 configuration copied from a device loads, and documented as ignored.
 
@@ -12,80 +12,25 @@ whole group in failsafe fits under the breaker.
 
 from __future__ import annotations
 
+import socket
 from typing import Any, Literal
 
-from pydantic import Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
+from gateway.instance import offset_address
+from gateway.references import Reference
 from gateway.settings import StrList, TransportSettings
+from transports.charger import CHARGER
+from transports.loadsharing import group_keys as gk
+from transports.loadsharing.group_keys import MSG_ASSUMED_UNDER_SAFE, MSG_MODE, MSG_SAFE_OVER_MAX
 from transports.loadsharing.net_settings import NetworkKeys
 
 FailsafeMode = Literal["safe_current", "disable"]
 
 #: OpenEVSE's own wording (LOADSHARING.md): our node and the OpenEVSE simulator both answer with it.
 MSG_READ_ONLY = "Load sharing configuration is read-only on members"
-MSG_GROUP_MAX = "loadsharing_group_max_current must be >= 0"
-MSG_SAFETY = "loadsharing_safety_factor must be between 0.0 and 1.0"
-MSG_TIMEOUT = "loadsharing_heartbeat_timeout must be between 5 and 600 seconds"
-MSG_SAFE = "loadsharing_failsafe_safe_current must be between 0 and 80 amps"
-MSG_ASSUMED = "loadsharing_failsafe_peer_assumed_current must be between 0 and 80 amps"
-MSG_MODE = "loadsharing_failsafe_mode must be 'safe_current' or 'disable'"
-MSG_SAFE_OVER_MAX = (
-    "loadsharing_failsafe_safe_current must not exceed loadsharing_group_max_current"
-)
-MSG_ASSUMED_UNDER_SAFE = (
-    "loadsharing_failsafe_peer_assumed_current must be >= loadsharing_failsafe_safe_current"
-)
-
-
-def _range(lo: float, hi: float, msg: str) -> Any:
-    def check(value: float) -> float:
-        if not lo <= value <= hi:
-            raise ValueError(msg)
-        return value
-
-    return check
-
-
-_RULES: dict[str, Any] = {
-    "loadsharing_group_max_current": _range(0.0, float("inf"), MSG_GROUP_MAX),
-    "loadsharing_safety_factor": _range(0.0, 1.0, MSG_SAFETY),
-    "loadsharing_heartbeat_timeout": _range(5.0, 600.0, MSG_TIMEOUT),
-    "loadsharing_failsafe_safe_current": _range(0.0, 80.0, MSG_SAFE),
-    "loadsharing_failsafe_peer_assumed_current": _range(0.0, 80.0, MSG_ASSUMED),
-}
-
-
-def check_keys(values: dict[str, Any]) -> str | None:
-    """OpenEVSE's 400 message for the first bad ``loadsharing_*`` value in ``values``, or None.
-
-    For the REST ``POST /config`` of part 2; the same rules as the INI section.
-    """
-    for key, rule in _RULES.items():
-        if key in values:
-            try:
-                rule(float(values[key]))
-            except (TypeError, ValueError):
-                return _message(key)
-    mode = values.get("loadsharing_failsafe_mode")
-    if mode is not None and mode not in ("safe_current", "disable"):
-        return MSG_MODE
-    group_max = float(values.get("loadsharing_group_max_current", 0) or 0)
-    safe = float(values.get("loadsharing_failsafe_safe_current", 6.0))
-    if group_max > 0 and safe > group_max:
-        return MSG_SAFE_OVER_MAX
-    if float(values.get("loadsharing_failsafe_peer_assumed_current", 6.0)) < safe:
-        return MSG_ASSUMED_UNDER_SAFE
-    return None
-
-
-def _message(key: str) -> str:
-    return {
-        "loadsharing_group_max_current": MSG_GROUP_MAX,
-        "loadsharing_safety_factor": MSG_SAFETY,
-        "loadsharing_heartbeat_timeout": MSG_TIMEOUT,
-        "loadsharing_failsafe_safe_current": MSG_SAFE,
-        "loadsharing_failsafe_peer_assumed_current": MSG_ASSUMED,
-    }[key]
+#: the group keys' checks live with their model; the INI and REST share them
+check_keys = gk.check
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -96,8 +41,21 @@ def parse_address(text: str) -> tuple[str, int]:
     return host, int(port)
 
 
+_WILDCARD = ("", "0.0.0.0", "::")
+
+
+def node_address(node_listen: str, node_host: str, instance: int) -> tuple[str, int, str]:
+    """(bind host, port with the instance offset, how peers reach us: ``node_host`` or the
+    listening address, a wildcard shown as this host's name)."""
+    host, port = parse_address(offset_address(node_listen, instance))
+    shown = socket.gethostname() if host in _WILDCARD else host
+    return host, port, node_host or f"{shown}:{port}"
+
+
 class LoadSharingSettings(NetworkKeys, TransportSettings):
     """Everything a node needs; group keys must be equal on every member (docs/loadsharing.md)."""
+
+    model_config = ConfigDict(allow_inf_nan=False)  # inf/nan/1e309 is no current
 
     loadsharing_enabled: bool = Field(
         default=False, description="false: the node takes part in nothing and commands nothing"
@@ -143,7 +101,7 @@ class LoadSharingSettings(NetworkKeys, TransportSettings):
         ge=0.1,
         le=60.0,
         description="seconds for the charger to lower its draw after a lower limit is sent "
-        "(RAPI write plus the EV's reaction; J1772 allows the EV 5 s)",
+        "(the charger's write plus the EV's reaction; J1772 allows the EV 5 s)",
     )
     loadsharing_clock_tolerance: float = Field(
         default=0.01, ge=0.0, le=0.1, description="bound on any node's clock rate error (0.01 = 1%)"
@@ -152,10 +110,11 @@ class LoadSharingSettings(NetworkKeys, TransportSettings):
         default=0.0, ge=0.0, description="seconds between reports; 0 = timeout / 6"
     )
     # -- the transport's own keys ---------------------------------------------------------------
-    charger: str = Field(min_length=1, description="the rapi_serial section of the local charger")
+    charger: str = Field(min_length=1, description="the local charger's section: a Charger "
+                         "(rapi_serial) that bridges back; this node is its one writer")
     charger_heartbeat: int = Field(
         default=30, ge=0, le=65535,
-        description="RAPI $SY supervision interval (s) the node pulses; 0 = off",
+        description="the charger's supervision interval (s) the node pulses (RAPI $SY); 0 = off",
     )
     node_id: str = Field(default="", description="this node's id; default: its listen address")
     listen: str = Field(
@@ -168,11 +127,10 @@ class LoadSharingSettings(NetworkKeys, TransportSettings):
         "the instance offset, may be listed: it is skipped)",
     )
 
-    @field_validator(*_RULES)
+    @field_validator(*gk.RANGES)
     @classmethod
     def _openevse_ranges(cls, value: float, info: Any) -> float:
-        rule = _RULES[info.field_name]
-        return float(rule(value))
+        return gk.check_number(str(info.field_name), float(value))
 
     @field_validator("loadsharing_failsafe_mode", mode="before")
     @classmethod
@@ -246,6 +204,70 @@ class LoadSharingSettings(NetworkKeys, TransportSettings):
         if self.loadsharing_failsafe_mode == "disable":
             return 0.0
         return self.loadsharing_failsafe_safe_current
+
+    def above_ceiling(self, values: dict[str, Any]) -> str | None:
+        """Why network-given group values would raise what the INI allows, or None.
+
+        The INI is the ceiling (docs/loadsharing.md): a push, a config sync or a controller
+        may lower the group maximum and the safety factor, never raise them above the file's.
+        """
+        for key in ("loadsharing_group_max_current", "loadsharing_safety_factor"):
+            if key not in values:
+                continue
+            try:
+                value = float(values[key])
+            except (TypeError, ValueError):
+                continue  # check_keys says what is wrong with it
+            ini = float(getattr(self, key))
+            if value > ini:
+                return (f"{key} {value:g} is above this node's configuration file ({ini:g}): "
+                        "the INI is the ceiling; a write may only lower it")
+        return None
+
+    def bounded(self, values: dict[str, Any]) -> dict[str, Any]:
+        """Synced group values within the INI's bounds: group maximum and safety factor no
+        higher, the reserve for an offline peer no lower."""
+        out = dict(values)
+        for key in ("loadsharing_group_max_current", "loadsharing_safety_factor"):
+            out[key] = min(float(out[key]), float(getattr(self, key)))
+        key = "loadsharing_failsafe_peer_assumed_current"
+        out[key] = max(float(out[key]), float(getattr(self, key)))
+        return out
+
+    def references(self) -> list[Reference]:
+        """``charger`` names a Charger section that bridges back; while load sharing is on,
+        this section is its one writer (``charger_owner``, gateway/references.py)."""
+        return [Reference("charger", self.charger, CHARGER,
+                          owner_key="charger_owner" if self.loadsharing_enabled else "")]
+
+    def advise_on(self, ref: Reference, charger: Any) -> list[str]:
+        """Warnings about the charger this section names (gateway/references.py)."""
+        every = float(getattr(charger, "read_interval", 0.0) or 0.0)
+        if ref.key == "charger" and every > self.loadsharing_response_time:
+            return [f"[{ref.section}] read_interval {every:g} s is longer than "
+                    f"loadsharing_response_time {self.loadsharing_response_time:g} s: a current "
+                    "changed at the charger itself is seen, and put back, only at its next "
+                    "reading"]
+        return []
+
+    def advice(self) -> list[tuple[str, str]]:
+        """(key, warning) for ``check``: valid, but probably not what was meant."""
+        out = []
+        secret, token = self.loadsharing_group_secret, self.loadsharing_api_token
+        if self.loadsharing_api_open:
+            if secret or token:
+                out.append(("loadsharing_api_open", "open mode: the api token and the group "
+                            "secret are not asked for on writes"))
+        elif token and not secret and self.node_listen:
+            out.append(("loadsharing_api_token", "a token without loadsharing_group_secret: "
+                        "people can write, but peers' config pushes and member adds are "
+                        "refused; set the same secret on every member (or "
+                        "loadsharing_api_open = true on a trusted LAN)"))
+        elif not token and not secret and self.node_listen and self.loadsharing_enabled:
+            out.append(("node_listen", "writes to this node's API are refused (no "
+                        "loadsharing_api_token or loadsharing_group_secret): members can't be "
+                        "added; set one, or loadsharing_api_open = true for OpenEVSE peers"))
+        return out
 
     def claims(self) -> list[tuple[str, str]]:
         claims = [("udp listen", self.listen)] if self.listen else []

@@ -2,14 +2,13 @@
 
 The protocol is :class:`~transports.loadsharing.node.Node`; this module only moves things:
 
-- readings from the ``charger`` section (a ``rapi_serial`` transport: ``state_code``,
-  ``pilot_current``, ``charging_current``, ``voltage``, ``vehicle_connected``) become the node's
-  local status;
-- the node's limit becomes commands to that section: ``set_current`` (volatile), ``sleep`` for
-  0 (``disable`` when the group is in disable-mode failsafe) and ``enable`` to resume; a lower
-  limit goes out at once, a command only when the limit changes;
-- ``$SY`` supervision: ``heartbeat`` configured with the fallback current and pulsed from here,
-  so a dead gateway *or* a dead load-sharing process leaves the charger at the safe current;
+- the ``charger`` section is a Charger (``transports/charger.py``): its status events become
+  the node's local status, and this node is the one writer of its current: the node's limit and
+  the user's preference (writes from MQTT, REST or any transport, forwarded here by the charger
+  section) meet in :class:`~transports.loadsharing.charger_writer.ChargerWriter`, which also puts
+  back a charger found above its limit; a lower limit goes out at once;
+- supervision: configured with the fallback current and pulsed from here, so a dead gateway
+  *or* a dead load-sharing process leaves the charger at the safe current;
 - peers: part 1 carries reports as JSON datagrams over UDP between ``listen`` and ``peers``
   addresses (loopback in the tests and the demo); with ``node_listen`` the reports go over
   HTTP/WebSocket instead, OpenEVSE's wire (``network.py``, docs/loadsharing_network.md).
@@ -22,29 +21,45 @@ import contextlib
 import itertools
 import os
 import time
+from collections.abc import AsyncIterator
 from typing import Any, ClassVar
 
 from gateway.backoff import FailureLog
 from gateway.instance import offset_address
-from gateway.message import COMMAND, EVENT, READING, STATUS, Envelope, ValueSpec, describe_event
+from gateway.message import (
+    COMMAND,
+    EVENT,
+    READING,
+    STATUS,
+    Envelope,
+    ValueSpec,
+    command_result,
+    describe_event,
+)
 from transports import register
 from transports.base import Transport, TransportContext
-from transports.loadsharing import allocation as al
+from transports.charger import (
+    REQUEST_COMMAND,
+    STATUS_EVENT,
+    AcknowledgeMissed,
+    ChargerStatus,
+    Command,
+    Pulse,
+    Supervise,
+    UserRequest,
+    command,
+    missed_pulse,
+)
+from transports.loadsharing.charger_writer import ChargerWriter, PreferenceStore
+from transports.loadsharing.demand import wire_state
 from transports.loadsharing.messages import MessageError, Report, decode, encode
 from transports.loadsharing.network import NetworkNode
 from transports.loadsharing.networked import run_networked
-from transports.loadsharing.node import FAILSAFE, DemandTracker, Node, NodeConfig
+from transports.loadsharing.node import FAILSAFE, DemandTracker, MonotonicClock, Node
+from transports.loadsharing.node_config import FIRST_STATUS_WAIT, READING_EVERY, from_settings
+from transports.loadsharing.openevse_roles import run_openevse_role
 from transports.loadsharing.runtime_role import RoleStore
-from transports.loadsharing.settings import LoadSharingSettings, parse_address
-
-#: seconds to wait for the charger's first reading before starting paused
-FIRST_STATUS_WAIT = 5.0
-READING_EVERY = 30.0
-
-
-class MonotonicClock:
-    def now(self) -> float:
-        return time.monotonic()
+from transports.loadsharing.settings import LoadSharingSettings, node_address, parse_address
 
 
 class UdpLink(asyncio.DatagramProtocol):
@@ -87,35 +102,11 @@ class NoLink:
         pass
 
 
-def node_config(s: LoadSharingSettings, instance: int = 0) -> NodeConfig:
-    """The node's configuration; with a link, a member's id is its address after the offset."""
-    me = offset_address(s.listen, instance) if s.listen else s.member_id
-    members = tuple(sorted({me, *s.peers}))
-    return NodeConfig(
-        node_id=me,
-        members=members,
-        limits=al.Limits(
-            s.loadsharing_group_max_current, s.loadsharing_safety_factor,
-            s.loadsharing_failsafe_peer_assumed_current,
-        ),
-        timeout=s.loadsharing_heartbeat_timeout,
-        fallback=s.fallback_current,
-        disable_mode=s.loadsharing_failsafe_mode == "disable",
-        min_current=s.loadsharing_min_current,
-        max_current=s.loadsharing_max_current,
-        priority=s.loadsharing_priority,
-        response_time=s.loadsharing_response_time,
-        rho=s.loadsharing_clock_tolerance,
-        heartbeat_interval=s.loadsharing_heartbeat_interval,
-        group_id=s.loadsharing_group_id,
-    )
-
-
 @register
 class LoadSharing(Transport[LoadSharingSettings]):
     kind = "loadsharing"
     Settings = LoadSharingSettings
-    accepts: ClassVar[frozenset[str]] = frozenset({READING, EVENT, STATUS})
+    accepts: ClassVar[frozenset[str]] = frozenset({READING, EVENT, STATUS, COMMAND})
 
     def __init__(self, settings: LoadSharingSettings, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
@@ -125,16 +116,21 @@ class LoadSharing(Transport[LoadSharingSettings]):
         self.link_failure = FailureLog(self.log, "load-sharing peer link")
         self.charger_failure = FailureLog(self.log, f"charger {settings.charger!r} commands")
         self._udp: UdpLink | None = None
-        self._commands: asyncio.Queue[int] = asyncio.Queue()
-        self._first_status = asyncio.Event()
-        self._charger_limit: int | None = None  # what the charger offers, as it reports
-        self._charger_paused = False
-        self._sent_limit: int | None = None
-        self._paused = False
+        self._kick = asyncio.Event()  # the command loop has work
+        self._new_limit: int | None = None  # the node's latest limit, not yet handled
+        self._outbox: list[Command] = []
+        self.first_status = asyncio.Event()  # the charger has reported
+        self.charger_status: ChargerStatus | None = None  # the charger's latest status
+        self.preferences = PreferenceStore(ctx.state_dir, self.log)
+        self.writer = ChargerWriter(
+            max_current=settings.loadsharing_max_current,
+            min_current=settings.loadsharing_min_current,
+            grace=min(1.0, settings.loadsharing_response_time / 2),
+            preference=self.preferences.load(), log=self.log)
         self._ids = itertools.count(1)
         self._last_reading = 0.0
         self._last_shown: tuple[Any, ...] = ()
-        self._local: tuple[bool, dict[str, Any]] | None = None  # the latest charger status
+        self.local: tuple[bool, dict[str, Any]] | None = None  # the latest charger status
         self.switch_role = asyncio.Event()  # the role changed at run time (runtime_role.py)
         self.roles = RoleStore(ctx.state_dir, self.log)
         for key in ("bad_reports", "reports_in", "reports_out", "charger_commands"):
@@ -162,46 +158,35 @@ class LoadSharing(Transport[LoadSharingSettings]):
         if s.node_listen:
             await self._run_on_http()
             return
-        with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(self._first_status.wait(), FIRST_STATUS_WAIT)
-        initial = 0
-        if self._charger_limit is not None and not self._charger_paused:
-            initial = self._charger_limit  # the node lowers it to the fallback at once
+        await self.wait_first_status()
+        initial = self.charger_offers()  # the node lowers it to the fallback at once
+        self.take_over()
         link = self._udp if self._udp is not None else NoLink()
         self.node = Node(
-            node_config(s, self.ctx.general.instance), MonotonicClock(), link, self._on_limit,
-            epoch=self._next_epoch(), initial_limit=initial,
-            demanding=self._local is not None and self._local[0],
+            from_settings(s, self.ctx.general.instance), MonotonicClock(), link, self.set_limit,
+            epoch=self.next_epoch(), initial_limit=initial,
+            demanding=self.local is not None and self.local[0],
         )
         self.log.info(
             "node %s in a group of %d; fallback %g A; view hold %.0f s",
             self.node.config.node_id, len(self.node.config.members), s.fallback_current,
             self.node.config.view_hold,
         )
-        if self._local is not None:
-            self.node.set_local(self._local[0], **self._local[1])
-        await self._start_supervision()
-        workers = [asyncio.create_task(self._command_loop())]
-        if s.charger_heartbeat > 0:
-            workers.append(asyncio.create_task(self._pulse_loop()))
-        try:
+        self.show_local()
+        async with self.driving():
             while not self.ctx.stopping.is_set():
                 self.node.tick()
-                await self._show()
+                await self.show()
                 with contextlib.suppress(TimeoutError):
                     await asyncio.wait_for(self.ctx.stopping.wait(), 0.5)
-        finally:
-            for w in workers:
-                w.cancel()
 
     def device_info(self) -> dict[str, str]:
         """Who the describe is about: the same node id as the readings' (HA's device)."""
-        if self.settings.node_listen:
-            from transports.loadsharing.openevse_roles import _address
-
-            me = _address(self)[2]
+        s, instance = self.settings, self.ctx.general.instance
+        if s.node_listen:
+            me = node_address(s.node_listen, s.node_host, instance)[2]
         else:
-            me = node_config(self.settings, self.ctx.general.instance).node_id
+            me = from_settings(s, instance).node_id
         return {"transport_name": self.ctx.name, "device_identifier": me,
                 "device_name": f"Load sharing {me}", "device_manufacturer": "protocol-gateway",
                 "device_model": "load-sharing node"}
@@ -210,11 +195,10 @@ class LoadSharing(Transport[LoadSharingSettings]):
         """OpenEVSE's wire: the masterless node (``network.py``), or a role in an OpenEVSE group
         (``openevse_roles.py``): set in the file, or taken at run time from a controller's push
         and left when it resets the role (``runtime_role.py``)."""
-        from transports.loadsharing.openevse_roles import run_openevse_role
-
         configured = self.settings.loadsharing_role
         while not self.ctx.stopping.is_set():
             self.switch_role.clear()
+            self.take_over()
             pushed = None if configured else self.roles.load()
             if configured or pushed is not None:
                 await run_openevse_role(self, configured or "member", pushed)
@@ -230,7 +214,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
         if self._udp is not None and self._udp.transport is not None:
             self._udp.transport.close()
 
-    def _next_epoch(self) -> int:
+    def next_epoch(self) -> int:
         """A counter kept in the state directory: a restarted node is told from its old self."""
         path = self.ctx.state_dir / "epoch"
         try:
@@ -259,73 +243,133 @@ class LoadSharing(Transport[LoadSharingSettings]):
         self.node.receive(report)
 
     # -- the charger ----------------------------------------------------------------------------
+    def charger_offers(self) -> int:
+        """What the charger offers now, as it last reported (0: paused or unknown)."""
+        st = self.charger_status
+        if st is None or st.paused or st.offered_current is None:
+            return 0
+        return int(st.offered_current)
+
+    def charger_view(self) -> dict[str, Any]:
+        """What ``/loadsharing/status`` shows of the charger: what it offers, what this node
+        wants it to offer, the user's preference, how often it had to be put back."""
+        st, w = self.charger_status, self.writer
+        return {"offered": None if st is None else st.offered_current,
+                "state": None if st is None else st.state, "target": w.target(),
+                "user_max_current": w.preference.max_current,
+                "user_paused": w.preference.paused, "corrections": w.corrections}
+
+    def take_over(self) -> None:
+        """A node or role starts driving the charger: its first limit goes out whatever was
+        sent before (a role change or a new node never leaves an old value standing)."""
+        self.writer.restart()
+        self._new_limit = None
+        self._outbox.clear()
+        self.node = None  # a new Node (a new epoch): none of the old one's limit carries over
+
+    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]]:
+        """The node as one device (the runner answers ``describe`` commands from this)."""
+        return [(self.device_info(), _specs())]
+
     async def receive(self, envelope: Envelope) -> None:
+        data = envelope.data
+        if envelope.kind == COMMAND:
+            # every command is answered, to its sender (the bridge's command windows count on
+            # it): the charger section's forwarded user writes are the only ones taken here
+            if envelope.source_transport == self.settings.charger and \
+                    data.get("command") == REQUEST_COMMAND:
+                result = await self._user_request(data)
+            else:
+                result = {"ok": False, "result": "unsupported",
+                          "detail": f"{self.ctx.name} takes user writes from its charger "
+                                    f"section [{self.settings.charger}] only"}
+            await self.ctx.emit(EVENT, command_result(data, **result),
+                                target=envelope.source_transport)
+            return
         if envelope.source_transport != self.settings.charger:
             return
-        data = envelope.data
-        if envelope.kind == READING:
-            self._charger_reading(data)
+        if envelope.kind == EVENT and data.get("event") == STATUS_EVENT:
+            try:
+                status = ChargerStatus.from_event(data)
+            except ValueError as exc:
+                self.ctx.counters.error(f"charger status: {exc}")
+                self.log.warning("bad status from charger %s: %s", self.settings.charger, exc)
+                return
+            self._charger_reading(status)
         elif envelope.kind == EVENT and data.get("event") == "command_result":
             if data.get("ok"):
                 self.charger_failure.recovered()
             else:
                 self.charger_failure.failed(f"{data.get('command')}: {data.get('result')} "
                                             f"{data.get('detail', '')}")
-                if data.get("command") == "heartbeat" and data.get("trigger") == 2:
-                    await self._acknowledge_missed_heartbeat()
+                if missed_pulse(data):
+                    self._queue([AcknowledgeMissed(), *self.writer.resend(time.monotonic())])
 
-    def _charger_reading(self, data: dict[str, Any]) -> None:
-        state = data.get("state_code")
-        if state is not None and (isinstance(state, bool) or not isinstance(state, int)):
-            self.ctx.counters.error(f"charger state_code is not an integer: {state!r}")
-            self.log.warning("charger reading with a bad state_code: %r", state)
+    async def _user_request(self, data: dict[str, Any]) -> dict[str, Any]:
+        """A write to the charger by someone else (MQTT, REST, a transport), forwarded by the
+        charger section: it becomes this member's preference. Returns the answer (what was
+        applied and why), which goes back through the charger section to the requester."""
+        try:
+            req = UserRequest.from_command(data)
+        except ValueError as exc:
+            return {"ok": False, "result": "rejected", "detail": str(exc)}
+        cmds, result = self.writer.request(req, time.monotonic())
+        self.preferences.save(self.writer.preference)
+        self.log.info("user request %s: %s", data.get("request_id", ""), result["detail"])
+        self._queue(cmds)
+        self.show_local()
+        return dict(result)
+
+    def _charger_reading(self, status: ChargerStatus) -> None:
+        self.charger_status = status
+        self.demand.update(status)
+        self.first_status.set()
+        self.show_local()
+        self._queue(self.writer.on_status(status, time.monotonic()))
+
+    def local_demand(self) -> bool:
+        """The EV wants charge and the user hasn't paused this charger."""
+        return self.demand.demanding and self.writer.wants_charge
+
+    def show_local(self) -> None:
+        """The charger's status to the node (demand, what peers display, the user's max)."""
+        st = self.charger_status
+        if st is None:
             return
-        pilot = _number(data.get("pilot_current"))
-        if pilot is not None:
-            self._charger_limit = int(pilot)
-        if state is not None:
-            self._charger_paused = state in (0xFE, 0xFF)
-        demanding = self.demand.update(state, data.get("vehicle_connected"))
-        self._first_status.set()
-        vehicle = data.get("vehicle_connected")
         shown = {
-            "amp": _number(data.get("charging_current")) or 0.0,
-            "voltage": _number(data.get("voltage")) or 0.0,
-            "pilot": pilot or 0.0,
-            "state": state if isinstance(state, int) else 0,
-            "vehicle": 1 if vehicle in (1, True) else 0,
+            "amp": st.measured_current or 0.0,
+            "voltage": st.voltage or 0.0,
+            "pilot": st.offered_current or 0.0,
+            "state": wire_state(st),
+            "vehicle": 1 if st.vehicle_connected else 0,
         }
-        self._local = (demanding, shown)
+        self.local = (self.local_demand(), shown)
         if self.node is not None:
-            self.node.set_local(demanding, **shown)
+            self.node.set_local(self.local[0], max_current=self.writer.allocation_max(),
+                                **shown)
 
-    def _on_limit(self, amps: int) -> None:
-        """From the node (synchronous): queue it; the command loop sends in order."""
+    def set_limit(self, amps: int) -> None:
+        """From the node or role (synchronous): the command loop sends it, newest first."""
         self.demand.commanded(amps)
-        self._commands.put_nowait(amps)
+        self._new_limit = amps
+        self._kick.set()
+
+    def _queue(self, cmds: list[Command]) -> None:
+        if cmds:
+            self._outbox.extend(cmds)
+            self._kick.set()
 
     async def _command_loop(self) -> None:
         while True:
-            amps = await self._commands.get()
-            while not self._commands.empty():  # only the newest limit matters
-                amps = self._commands.get_nowait()
-            if amps == self._sent_limit:
-                continue
-            await self._apply(amps)
-
-    async def _apply(self, amps: int) -> None:
-        if amps == 0:
-            disable = self.settings.loadsharing_failsafe_mode == "disable" and (
-                self.node is not None and self.node.mode == FAILSAFE
-            )
-            await self._command({"command": "disable" if disable else "sleep"})
-            self._paused = True
-        else:
-            await self._command({"command": "set_current", "amps": amps, "volatile": True})
-            if self._paused or self._sent_limit is None:
-                await self._command({"command": "enable"})
-                self._paused = False
-        self._sent_limit = amps
+            await self._kick.wait()
+            self._kick.clear()
+            if self._new_limit is not None:
+                amps, self._new_limit = self._new_limit, None
+                stop = amps == 0 and self.settings.loadsharing_failsafe_mode == "disable" and (
+                    self.node is not None and self.node.mode == FAILSAFE)
+                self._outbox.extend(self.writer.set_limit(amps, time.monotonic(), stop=stop))
+            while self._outbox:
+                await self._command(command(self._outbox.pop(0)))
 
     async def _command(self, data: dict[str, Any]) -> None:
         data = {**data, "request_id": f"{self.ctx.name}-{next(self._ids)}"}
@@ -334,29 +378,41 @@ class LoadSharing(Transport[LoadSharingSettings]):
         self.log.debug("to %s: %s", self.settings.charger, data)
         await self.ctx.emit(COMMAND, data, target=self.settings.charger)
 
+    # -- what a role uses to drive the charger ---------------------------------------------------
+    async def wait_first_status(self) -> None:
+        """The charger's first status, or ``FIRST_STATUS_WAIT`` s (then the node starts paused)."""
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(FIRST_STATUS_WAIT):
+                await self.first_status.wait()
+
+    @contextlib.asynccontextmanager
+    async def driving(self) -> AsyncIterator[None]:
+        """While inside, this section drives its charger: supervision set up, limits sent in
+        order (the command loop), supervision pulsed."""
+        await self._start_supervision()
+        workers = [asyncio.create_task(self._command_loop())]
+        if self.settings.charger_heartbeat > 0:
+            workers.append(asyncio.create_task(self._pulse_loop()))
+        try:
+            yield
+        finally:
+            for w in workers:
+                w.cancel()
+
     async def _start_supervision(self) -> None:
         s = self.settings
         if s.charger_heartbeat > 0:
-            await self._command({
-                "command": "heartbeat", "interval": s.charger_heartbeat,
-                "amps": int(s.fallback_current), "self_pulse": False,
-            })
+            await self._command(command(Supervise(s.charger_heartbeat,
+                                                  int(s.fallback_current))))
 
     async def _pulse_loop(self) -> None:
         every = max(1.0, self.settings.charger_heartbeat / 3)
         while True:
             await asyncio.sleep(every)
-            await self._command({"command": "heartbeat"})
-
-    async def _acknowledge_missed_heartbeat(self) -> None:
-        """$SY 165 restores the configured max: re-send our limit right after."""
-        await self._command({"command": "heartbeat", "acknowledge": True})
-        if self._sent_limit is not None:
-            limit, self._sent_limit = self._sent_limit, None
-            await self._apply(limit)
+            await self._command(command(Pulse()))
 
     # -- what this node shows -------------------------------------------------------------------
-    async def _show(self) -> None:
+    async def show(self) -> None:
         assert self.node is not None
         n = self.node
         counters = self.ctx.counters
@@ -378,12 +434,6 @@ class LoadSharing(Transport[LoadSharingSettings]):
             "loadsharing_online_count": snap["online_count"],
             "loadsharing_offline_count": snap["offline_count"],
         }, info=self.device_info())
-
-
-def _number(value: Any) -> float | None:
-    if isinstance(value, bool) or not isinstance(value, int | float):
-        return None
-    return float(value)
 
 
 def _specs() -> list[ValueSpec]:

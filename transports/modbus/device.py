@@ -7,7 +7,7 @@ interleaves their plans): everything here is a function of the map and the bytes
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 from gateway.message import ValueSpec
@@ -47,9 +47,16 @@ class ModbusDevice:
         batch_size: int = 0,
         link: LinkCost | None = None,
         writable: frozenset[str] | set[str] = frozenset(),
+        exponents: dict[str, int] | None = None,
     ) -> None:
         self.unit_id = unit_id
         self.map = regmap
+        #: scale-factor registers (SunSpec ``sunssf``) -> the power of ten last read; they
+        #: scale the values naming them (``scale_from``) and are not published themselves
+        self.exponents: dict[str, int] = {v.scale_from: 0 for v in regmap.values
+                                          if v.scale_from}
+        self.exponents.update(exponents or {})
+        self._scaled: dict[tuple[str, int], RegisterValue] = {}
         #: opt-in registers (``writable = opt-in`` in the map) this section allows writing
         self.opted_in = frozenset(writable)
         self.batch_size = batch_size or regmap.batch_size
@@ -63,10 +70,17 @@ class ModbusDevice:
         if len(words) < request.count:
             raise ValueError(f"short reply: {len(words)} of {request.count}")
         out: dict[str, Value] = {}
-        for name in request.names:
+        names = sorted(request.names, key=lambda n: n not in self.exponents)  # factors first
+        for name in names:
             spec = self.map[name]
             first = spec.address - request.address
-            out[name] = decode(spec, words[first : first + spec.count])
+            raw = words[first : first + spec.count]
+            if spec.absent and tuple(raw) == spec.absent:
+                continue  # "not implemented" (SunSpec): no value, not a huge number
+            if name in self.exponents:
+                self.exponents[name] = int(decode(spec, raw))
+                continue
+            out[name] = decode(self.scaled(spec), raw)
         return out
 
     def out_of_range(self, values: dict[str, Value]) -> dict[str, str]:
@@ -86,6 +100,18 @@ class ModbusDevice:
                 bad[name] = f"{name} = {value:g} outside the map's range {span}"
         return bad
 
+    def scaled(self, spec: RegisterValue) -> RegisterValue:
+        """``spec`` with its scale-factor register's last reading applied (itself without)."""
+        if not spec.scale_from:
+            return spec
+        exponent = self.exponents.get(spec.scale_from, 0)
+        key = (spec.name, exponent)
+        found = self._scaled.get(key)
+        if found is None:
+            found = self._scaled[key] = replace(spec, scale=10.0 ** exponent,
+                                                decimals=max(0, -exponent))
+        return found
+
     def single_read(self, spec: RegisterValue) -> ReadRequest:
         return ReadRequest(spec.table, spec.address, spec.count, (spec.name,))
 
@@ -96,9 +122,9 @@ class ModbusDevice:
             raise WriteRejected("a write needs 'values': {name: value, ...}")
         ops = []
         for name, value in values.items():
-            if name not in self.map:
+            if name not in self.map or name in self.exponents:
                 raise WriteRejected(f"{name}: no such value in map {self.map.name}")
-            spec = self.map[name]
+            spec = self.scaled(self.map[name])
             if not self.can_write(spec):
                 if spec.opt_in:
                     raise WriteRejected(f"{name}: a device configuration register, read-only "
@@ -112,7 +138,8 @@ class ModbusDevice:
 
     # ------------------------------------------------------------------ describing
     def specs(self) -> list[ValueSpec]:
-        return [value_spec(v, self.can_write(v)) for v in self.map.values if v.readable]
+        return [value_spec(self.scaled(v), self.can_write(v)) for v in self.map.values
+                if v.readable and v.name not in self.exponents]
 
     def info(self, transport_name: str, serial: str = "") -> dict[str, str]:
         meta = self.map.meta

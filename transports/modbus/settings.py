@@ -14,13 +14,29 @@ from gateway.settings import (
 )
 from protocols.read_plan import DEFAULT_TURNAROUND
 from protocols.registers import MapError, available_maps, check_writable, load_map, map_path
+from protocols.sunspec import PROTOCOL as SUNSPEC
+
+
+def check_listen(value: str) -> str:
+    """``host:port`` for a listening socket, or empty (checked once, at load)."""
+    value = value.strip()
+    if not value:
+        return ""
+    host, sep, port = value.rpartition(":")
+    if not sep or not host or not port.isdigit() or not 1 <= int(port) <= 65535:
+        raise ValueError(f"{value!r}: expected host:port, e.g. 0.0.0.0:1502")
+    return value
 
 
 def check_map(value: str) -> str:
-    """A map name or path that exists and loads (checked once, at load; every Modbus kind)."""
+    """A map name or path that exists and loads (checked once, at load; every Modbus kind).
+
+    ``sunspec``: the map is the device's own, found when it is first read."""
+    if value == SUNSPEC:
+        return value
     if not map_path(value).exists():
         raise ValueError(f"unknown protocol_version {value!r}; available: "
-                         f"{', '.join(available_maps())} (or a path to a .csv map)")
+                         f"{', '.join(available_maps())}, {SUNSPEC} (or a path to a .csv map)")
     try:
         load_map(value)
     except MapError as exc:
@@ -60,6 +76,18 @@ class ModbusSettings(TransportSettings):
         default=(), description="device configuration registers (the map's writable = opt-in: "
         "address, baud rate, ...) that may be written; comma separated; default none"
     )
+    reexport_listen: str = Field(
+        default="", description="host:port of a Modbus TCP server serving the values read "
+        "again (same unit id and addresses, read-only); empty = none"
+    )
+
+    @field_validator("reexport_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return check_listen(value)
+
+    def claims(self) -> list[tuple[str, str]]:
+        return [("tcp listen", self.reexport_listen)] if self.reexport_listen else []
 
     @field_validator("protocol_version")
     @classmethod
@@ -68,7 +96,8 @@ class ModbusSettings(TransportSettings):
 
     @model_validator(mode="after")
     def _writable_in_map(self) -> ModbusSettings:
-        check_writable(load_map(self.protocol_version), self.writable)
+        if self.protocol_version != SUNSPEC:  # a SunSpec device's points: patterns, at discovery
+            check_writable(load_map(self.protocol_version), self.writable)
         return self
 
     def where(self) -> str:
@@ -91,7 +120,7 @@ class ModbusRtuSettings(ModbusSettings):
     bytesize: ByteSize = Field(default=8, description="7 or 8")
 
     def claims(self) -> list[tuple[str, str]]:
-        return [("serial port", serial_identity(self.port))]
+        return [("serial port", serial_identity(self.port)), *super().claims()]
 
     def where(self) -> str:
         return self.port

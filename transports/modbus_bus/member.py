@@ -12,8 +12,11 @@ import statistics
 from collections import deque
 from dataclasses import replace
 
+from gateway.backoff import FailureLog
 from protocols.read_plan import LinkCost, ReadRequest
-from protocols.registers import Value, load_map
+from protocols.registers import RegisterMap, Value, load_map
+from protocols.sunspec import PROTOCOL as SUNSPEC
+from protocols.sunspec import SunSpecMap
 from transports.modbus.device import ModbusDevice
 from transports.modbus.link import CallPolicy
 from transports.modbus_bus.blocks import BlockMemory
@@ -33,7 +36,11 @@ class Member:
         self.cost = cost
         #: how each request to it is made: its own timeout, retries and pauses
         self.policy = CallPolicy(cfg.timeout, cfg.retries, cfg.request_delay, cfg.connect_delay)
-        regmap = load_map(cfg.protocol_version)
+        #: a SunSpec device's map is its own: found (again) before its next scan while True
+        self.discovery_due = cfg.protocol_version == SUNSPEC
+        self.discovery_log: FailureLog | None = None
+        regmap = (RegisterMap(SUNSPEC, "<sunspec, not yet discovered>", ())
+                  if self.discovery_due else load_map(cfg.protocol_version))
         self.device = ModbusDevice(cfg.unit, regmap, batch_size=cfg.batch_size, link=cost,
                                    writable=frozenset(cfg.writable))
         self.blocks = BlockMemory(regmap, self.device.batch_size, cost)
@@ -101,9 +108,23 @@ class Member:
         if serial_name in values and not self.serial:
             self.serial = str(values[serial_name]).strip()
 
+    def adopt(self, found: SunSpecMap) -> None:
+        """A SunSpec discovery's map becomes this device's: plan, decoder, identity."""
+        regmap = found.regmap
+        self.device = ModbusDevice(
+            self.cfg.unit, regmap, batch_size=self.cfg.batch_size, link=self.cost,
+            writable=frozenset(v.name for v in regmap.values if v.writable),
+            exponents=found.exponents)
+        self.blocks = BlockMemory(regmap, self.device.batch_size, self.cost)
+        self.serial = found.identity.get("serial_number", "") or self.serial
+        self.described = False
+        self.discovery_due = False
+
     def change(self, available: bool) -> bool:
         """Record availability; True when it changed (a status envelope is due)."""
         if self.available is available:
             return False
         self.available = available
+        if not available and self.cfg.protocol_version == SUNSPEC:
+            self.discovery_due = True  # back from a quarantine: maybe new firmware, new models
         return True

@@ -44,7 +44,8 @@ from gateway.settings import (
 )
 from protocols.read_plan import DEFAULT_TURNAROUND
 from protocols.registers import check_writable, load_map
-from transports.modbus.settings import check_map
+from protocols.sunspec import PROTOCOL as SUNSPEC
+from transports.modbus.settings import check_listen, check_map
 from transports.modbus_bus.port_resolve import UsbSelector
 
 _DEVICE_NAME = re.compile(r"^[a-z][a-z0-9_-]*$")
@@ -84,7 +85,8 @@ class BusDeviceSettings(Settings):
 
     @model_validator(mode="after")
     def _writable_in_map(self) -> BusDeviceSettings:
-        check_writable(load_map(self.protocol_version), self.writable)
+        if self.protocol_version != SUNSPEC:  # a SunSpec device's points: patterns, at discovery
+            check_writable(load_map(self.protocol_version), self.writable)
         return self
 
 
@@ -166,8 +168,19 @@ class BusSettings(TransportSettings):
                               "for planning reads")
     reconnect_max: float = Field(default=30.0, gt=0,
                                  description="longest wait between reconnects of the bus")
+    reexport_listen: str = Field(default="", description="host:port of a Modbus TCP server "
+                                 "serving every device's values again (each on its unit id, "
+                                 "read-only); empty = none")
     device_settings: dict[str, BusDeviceSettings] = Field(
         default_factory=dict, description="(filled from the dotted keys; not an INI key)")
+
+    @field_validator("reexport_listen")
+    @classmethod
+    def _listen(cls, value: str) -> str:
+        return check_listen(value)
+
+    def claims(self) -> list[tuple[str, str]]:
+        return [("tcp listen", self.reexport_listen)] if self.reexport_listen else []
 
     @model_validator(mode="wrap")
     @classmethod
@@ -289,8 +302,8 @@ class ModbusBusRtuSettings(BusSettings):
     def claims(self) -> list[tuple[str, str]]:
         selector = self.selector()
         if selector is None:
-            return [("serial port", serial_identity(self.port))]
-        claims = [("serial port", str(selector))]
+            return [("serial port", serial_identity(self.port)), *super().claims()]
+        claims = [("serial port", str(selector)), *super().claims()]
         resolved = selector.find()  # the adapter present now, if any: collides with a path
         if resolved:
             claims.append(("serial port", serial_identity(resolved)))

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import time
-from typing import ClassVar
+from typing import TYPE_CHECKING, ClassVar
 
 from gateway.backoff import Backoff, FailureLog, RepeatLog
 from gateway.message import (
@@ -64,6 +64,9 @@ from transports.modbus_bus.settings import (
     ModbusBusRtuSettings,
     ModbusBusTcpSettings,
 )
+
+if TYPE_CHECKING:  # the server module is imported only by a section that re-exports
+    from transports.modbus_bus.reexport import ReexportServer
 
 #: a bus section (``modbus_bus``, ``modbus_bus_tcp``) or one device's (``modbus_tcp``,
 #: ``modbus_rtu``): the same transport, the latter a bus of one
@@ -137,6 +140,13 @@ class ModbusBusTransport(DeviceTransport[AnySettings]):
         for key in COUNTERS:
             ctx.counters.extra.setdefault(key, 0)
         self.commands = BusCommands(self, self.members, ctx, self.log, self._where)
+        #: the Modbus TCP re-export of what is read (``reexport_listen``), once started
+        self.reexport: ReexportServer | None = None
+
+    @property
+    def where(self) -> str:
+        """The bus (or device) as logs name it."""
+        return self._where
 
     def count(self, key: str, n: int = 1) -> None:
         self.ctx.counters.incr(key, n)
@@ -160,17 +170,51 @@ class ModbusBusTransport(DeviceTransport[AnySettings]):
         logging.getLogger("pymodbus").setLevel(logging.CRITICAL + 1)
         demand = 0.0
         for m in self.members.values():
+            if m.discovery_due:
+                self.log.info("%s: %s unit %d, SunSpec: its models are read before its first "
+                              "scan, every %g s after", self._where, m.name, m.unit,
+                              m.cfg.read_interval)
+                continue
             plan = m.blocks.plan
             self.log.info("%s: %s unit %d, map %s, %d requests per scan every %g s",
                           self._where, m.name, m.unit, m.device.map.name, len(plan),
                           m.cfg.read_interval)
             demand += plan.cost(m.cost) / m.cfg.read_interval
+            if m.device.map.meta.get("skipped"):  # a PythonProtocolGateway file's odd rows
+                self.log.warning("%s: %s: rows not read (their data type): %s", self._where,
+                                 m.name, m.device.map.meta["skipped"])
         if isinstance(self.line, SerialLine):
             self.log.log(logging.WARNING if demand > 1 else logging.INFO,
                          "%s: the planned reads need %.2f s of bus time per second at %d baud "
                          "(turnarounds as set)", self._where, demand, self.line.baudrate)
+        if self.settings.reexport_listen and self.reexport is None:
+            await self._start_reexport()
+
+    async def _start_reexport(self) -> None:
+        """Serve what is read again (imported here: only such a section loads the server)."""
+        from gateway.instance import offset_address, split_host_port
+        from transports.modbus_bus.reexport import ReexportServer, spans_of
+
+        host, port = split_host_port(offset_address(self.settings.reexport_listen,
+                                                    self.ctx.general.instance))
+        by_unit = {m.unit: m for m in self.members.values()}
+        spans = {m.unit: spans_of(m.device.map, m.discovery_due) for m in self.members.values()}
+        server = ReexportServer(host, port, spans,
+                                lambda unit: by_unit[unit].available is not False, self.log)
+        try:
+            await server.start()
+        except OSError as exc:
+            await server.stop()
+            self.log.error("%s: Modbus TCP re-export not served: %s", self._where, exc)
+            return
+        self.reexport = server
+        self.log.info("%s: re-exported read-only on Modbus TCP %s:%d (units %s)", self._where,
+                      host, port, ", ".join(str(u) for u in by_unit))
 
     async def close(self) -> None:
+        if self.reexport is not None:
+            await self.reexport.stop()
+            self.reexport = None
         if self.link is not None:
             self.link.close()
             self.link = None
@@ -270,6 +314,13 @@ class ModbusBusTransport(DeviceTransport[AnySettings]):
         started = time.monotonic()
         probe = self.schedule.begin(m.name, started)
         self.count("probes" if probe else "scans")
+        if m.discovery_due:  # a SunSpec device: its map first (the import only for one)
+            from transports.modbus_bus.sunspec_scan import discover_member
+
+            if not await discover_member(self, m):
+                self.schedule.end(m.name, time.monotonic(), time.monotonic() - started,
+                                  probe=probe)
+                return
         requests = m.ordered()[:1] if probe else m.ordered()
         values: dict[str, Value] = {}
         busy = 0.0
@@ -379,6 +430,8 @@ class ModbusBusTransport(DeviceTransport[AnySettings]):
         """One read from ``m`` with its own pauses, timeout and retries; an answer noted."""
         link = self._live_link()
         words = await link.read(m.unit, request, m.policy)
+        if self.reexport is not None:
+            self.reexport.record(m.unit, request.table, request.address, words)
         if link.last_exchange is not None:
             m.note_exchange(request, link.last_exchange)
         await self._heard(m)
@@ -387,6 +440,10 @@ class ModbusBusTransport(DeviceTransport[AnySettings]):
     async def write_words(self, m: Member, spec: RegisterValue,
                            words: list[int] | list[bool]) -> None:
         await self._live_link().write(m.unit, spec, words, m.policy)
+        await self._heard(m)
+
+    async def heard(self, m: Member) -> None:
+        """``m`` answered, if only with a refusal (a SunSpec discovery's probes of bases)."""
         await self._heard(m)
 
     async def _heard(self, m: Member) -> None:

@@ -1,7 +1,8 @@
 """A simulated group: N nodes, one process, a controllable clock, a network that misbehaves.
 
-Part of the product: the scenario tests, the randomized search and anyone checking a change to
-the protocol run the real :class:`~transports.loadsharing.node.Node` here, with
+Beside the other simulators (not in the product package): the scenario tests, the randomized
+search and anyone checking a change to the protocol run the real
+:class:`~transports.loadsharing.node.Node` (and its ChargerWriter) here, with
 
 - :class:`Scheduler`: one global simulated time and an event queue (nothing sleeps);
 - per-node clocks running at rates within the stated bound ``rho`` (offsets are irrelevant: no
@@ -31,7 +32,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from simulators.ev_model import EvModel
+from transports.charger import ChargerStatus, Command, Pause, Resume, SetLimit, UserRequest
 from transports.loadsharing import allocation as al
+from transports.loadsharing.charger_writer import ChargerWriter, Preference
+from transports.loadsharing.demand import wire_state
 from transports.loadsharing.messages import Report
 from transports.loadsharing.node import DemandTracker, Node, NodeConfig
 
@@ -181,15 +185,51 @@ class SimCharger:
     ev_lag: float = 4.7
     supervision: float = 0.0  # $SY interval; 0 = the controller has none
     offered: int = 0
+    setting: int = 0  # the current set (offered unless paused)
     #: (time, offered) from ``now - ev_lag``: what the EV may still be drawing on
     history: list[tuple[float, int]] = field(default_factory=list)
     last_pulse: float = 0.0
     pauses: int = 0
     on_change: Callable[[], None] | None = None
 
-    def command(self, amps: int) -> None:
-        """The node's limit; reaches the controller after the RAPI write."""
-        self.sched.after(self.write_delay, lambda: self._apply(amps))
+    paused: bool = False
+    lose_writes: float = 0.0  # probability a write is lost on the way
+    rng: random.Random | None = None
+
+    lost: list[float] = field(default_factory=list)  # when writes were lost
+
+    def command(self, cmd: Command) -> None:
+        """A Charger command; reaches the controller after the write (or is lost)."""
+        if self.rng is not None and self.rng.random() < self.lose_writes:
+            self.lost.append(self.sched.time)
+            return
+        self.sched.after(self.write_delay, lambda: self._take(cmd))
+
+    def _take(self, cmd: Command) -> None:
+        if isinstance(cmd, SetLimit):
+            self.setting = cmd.amps
+        elif isinstance(cmd, Pause):
+            self.paused = True
+        elif isinstance(cmd, Resume):
+            self.paused = False
+        self._apply(0 if self.paused else self.setting)
+
+    def offer(self, amps: int) -> None:
+        """The firmware's own limit (an OpenEVSE member, ``simled.py``): after the write."""
+        self.command(SetLimit(amps) if amps else Pause())
+        if amps:
+            self.command(Resume())
+
+    def tamper(self, amps: int, paused: bool = False) -> None:
+        """Changed at the charger itself (its display, its WiFi page, a reboot): at once."""
+        self.setting, self.paused = amps, paused
+        self._apply(0 if paused else amps)
+
+    def status(self) -> ChargerStatus:
+        state = "idle" if not self.ev.plugged else "paused" if self.offered == 0 else \
+            "charging" if self.ev.requesting else "connected"
+        return ChargerStatus(state=state, vehicle_connected=self.ev.plugged,
+                             offered_current=float(self.setting))
 
     def pulse(self) -> None:
         self.last_pulse = self.sched.time
@@ -224,11 +264,8 @@ class SimCharger:
         return min(float(self.effective()), self.ev.limit_a()) if self.ev.plugged else 0.0
 
     def state_code(self) -> int:
-        if not self.ev.plugged:
-            return 1
-        if self.offered == 0:
-            return 0xFE
-        return 3 if self.ev.requesting else 2
+        """OpenEVSE's ``/status`` state number for this charger (what peers display)."""
+        return wire_state(self.status())
 
 
 @dataclass
@@ -237,6 +274,7 @@ class Member:
     clock: NodeClock
     charger: SimCharger
     demand: DemandTracker
+    writer: ChargerWriter
     node: Node | None = None
     epoch: int = 0
     limits_sent: list[tuple[float, int]] = field(default_factory=list)
@@ -280,7 +318,10 @@ class SimGroup:
                 ev_lag=spec.response_time - 0.3, supervision=spec.supervision,
             )
             charger.on_change = self.check
-            self.members[nid] = Member(nid, clock, charger, DemandTracker())
+            writer = ChargerWriter(max_current=spec.max_current, min_current=6,
+                                   grace=min(1.0, spec.response_time / 2),
+                                   preference=Preference())
+            self.members[nid] = Member(nid, clock, charger, DemandTracker(), writer)
             self.start(nid)
         self.sched.after(spec.tick, self._tick)
         self.sched.after(spec.sample, self._sample)
@@ -307,11 +348,13 @@ class SimGroup:
         def on_limit(amps: int, m: Member = m) -> None:
             m.limits_sent.append((self.sched.time, amps))
             m.demand.commanded(amps)
-            m.charger.command(amps)
+            for cmd in m.writer.set_limit(amps, m.clock.now()):
+                m.charger.command(cmd)
 
         c = m.charger
-        initial = c.offered if c.state_code() in (1, 2, 3) else 0
-        demanding = m.demand.update(c.state_code(), 1 if c.ev.plugged else 0)
+        initial = c.offered
+        m.writer.restart()
+        demanding = m.demand.update(c.status()) and m.writer.wants_charge
         m.node = Node(self.config(nid), m.clock, link, on_limit, epoch=m.epoch,
                       initial_limit=initial, demanding=demanding)
         self.net.handlers[nid] = m.node.receive
@@ -344,9 +387,26 @@ class SimGroup:
         if m.node is None:
             return
         c = m.charger
-        demanding = m.demand.update(c.state_code(), 1 if c.ev.plugged else 0)
-        if demanding != m.node.status.demanding:
-            m.node.set_local(demanding, state=c.state_code(), vehicle=int(c.ev.plugged))
+        for cmd in m.writer.on_status(c.status(), m.clock.now()):  # the watchdog
+            c.command(cmd)
+        demanding = m.demand.update(c.status()) and m.writer.wants_charge
+        top = m.writer.allocation_max()
+        if demanding != m.node.status.demanding or top != m.node.status.max_current:
+            m.node.set_local(demanding, state=c.state_code(), vehicle=int(c.ev.plugged),
+                             max_current=top)
+
+    def user_write(self, nid: str, amps: float | None = None,
+                   charging: bool | None = None) -> dict[str, Any]:
+        """A person's write (MQTT, REST): through the node's writer; what it answered."""
+        m = self.members[nid]
+        if m.node is None:  # the gateway is down: nobody takes the write
+            return {"ok": False, "result": "error", "detail": "node down"}
+        cmds, answer = m.writer.request(UserRequest(amps=amps, charging=charging),
+                                        m.clock.now())
+        for cmd in cmds:
+            m.charger.command(cmd)
+        self._refresh(m)
+        return answer
 
     def _tick(self) -> None:
         for m in self.members.values():
@@ -410,6 +470,6 @@ def converged(g: SimGroup) -> str:
 
 if __name__ == "__main__":
     # the documented entry point; the search itself lives in simsearch.py
-    from transports.loadsharing.simsearch import main
+    from simulators.loadsharing_simsearch import main
 
     raise SystemExit(main())

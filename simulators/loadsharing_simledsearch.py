@@ -1,8 +1,8 @@
 """The randomized search over fault schedules for mixed groups, on the world of ``simled.py``.
 
 Kept apart from the simulation it drives, as ``simsearch.py`` is from ``simnet.py``:
-``python -m transports.loadsharing.simled --runs N --seed S`` (the documented command) and
-``python -m transports.loadsharing.simledsearch --runs N --seed S`` both run :func:`main`.
+``python -m simulators.loadsharing_simled --runs N --seed S`` (the documented command) and
+``python -m simulators.loadsharing_simledsearch --runs N --seed S`` both run :func:`main`.
 """
 
 from __future__ import annotations
@@ -10,8 +10,8 @@ from __future__ import annotations
 import random
 from typing import Any
 
-from transports.loadsharing.simled import MixedGroup, MixedSpec, calm
-from transports.loadsharing.simsearch import (
+from simulators.loadsharing_simled import MixedGroup, MixedSpec, calm
+from simulators.loadsharing_simsearch import (
     failing_seeds,
     random_network,
     search_main,
@@ -111,7 +111,7 @@ def failures(runs: int, seed: int, **weaken: int | float) -> list[tuple[int, Any
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m transports.loadsharing.simled --runs N --seed S``: the search, by hand."""
+    """``python -m simulators.loadsharing_simled --runs N --seed S``: the search, by hand."""
     return search_main(random_walk, argv, main.__doc__ or "")
 
 

@@ -2,8 +2,8 @@
 
 Kept apart from the simulation it drives: ``simnet.py`` is the clock, network and chargers (the
 world), this is the random schedule of faults thrown at it and the runner that reports failing
-seeds. ``python -m transports.loadsharing.simnet --runs N --seed S`` (the documented command) and
-``python -m transports.loadsharing.simsearch --runs N --seed S`` both run :func:`main`.
+seeds. ``python -m simulators.loadsharing_simnet --runs N --seed S`` (the documented command) and
+``python -m simulators.loadsharing_simsearch --runs N --seed S`` both run :func:`main`.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from transports.loadsharing.simnet import Faults, GroupSpec, SimGroup, calm, converged
+from simulators.loadsharing_simnet import Faults, GroupSpec, SimGroup, calm, converged
 
 WANTS = (10.0, 16.0, 32.0)
 
@@ -124,7 +124,7 @@ def search_main(walk: Callable[[int], SimGroup], argv: list[str] | None, doc: st
 
 
 def main(argv: list[str] | None = None) -> int:
-    """``python -m transports.loadsharing.simnet --runs N --seed S``: the search, by hand."""
+    """``python -m simulators.loadsharing_simnet --runs N --seed S``: the search, by hand."""
     return search_main(random_walk, argv, main.__doc__ or "")
 
 

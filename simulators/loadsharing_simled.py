@@ -6,7 +6,7 @@ This module adds them to the same simulated world, so the scenario tests and the
 search check the whole group's draw against the breaker:
 
 - :class:`Firmware`: one OpenEVSE member with its own clock (rate within ``rho``), a
-  :class:`~transports.loadsharing.simnet.SimCharger` with the gateways' response-time model, and
+  :class:`~simulators.loadsharing_simnet.SimCharger` with the gateways' response-time model, and
   the firmware's rules (``simulators.openevse_loadsharing``): a frame's target applied at once
   (below its minimum: sleep); no frame since it became a member, or none for more than
   ``heartbeat_timeout`` of its own clock: its failsafe current, a *raise* if it was asleep; a
@@ -26,7 +26,7 @@ of different controllers may interleave). The config push and the ``GET /config`
 instantaneous, when both directions are up.
 
 The randomized search over fault schedules is ``simledsearch.py``:
-``python -m transports.loadsharing.simled --runs N --seed S``.
+``python -m simulators.loadsharing_simled --runs N --seed S``.
 """
 
 from __future__ import annotations
@@ -35,13 +35,7 @@ from dataclasses import dataclass, field, replace
 from typing import Any
 
 from simulators.ev_model import EvModel
-from simulators.openevse_loadsharing import charger_limit, member_failsafe
-from transports.loadsharing import led
-from transports.loadsharing.mixed import CHECK_EVERY, led_settings
-from transports.loadsharing.mixed import margin as led_margin
-from transports.loadsharing.node import Node, NodeConfig
-from transports.loadsharing.openevse_plan import GroupSettings, MemberLink
-from transports.loadsharing.simnet import (
+from simulators.loadsharing_simnet import (
     Faults,
     GroupSpec,
     NodeClock,
@@ -52,6 +46,12 @@ from transports.loadsharing.simnet import (
     calm,
     converged,
 )
+from simulators.openevse_loadsharing import charger_limit, member_failsafe
+from transports.loadsharing import led
+from transports.loadsharing.mixed import CHECK_EVERY, led_settings
+from transports.loadsharing.mixed import margin as led_margin
+from transports.loadsharing.node import Node, NodeConfig
+from transports.loadsharing.openevse_plan import GroupSettings, MemberLink
 
 KEEPALIVE = 2.0  # a member's idle /ws text, seconds of its clock (simulators.openevse_node)
 
@@ -179,7 +179,7 @@ class Firmware:
 
     def apply(self, target: float, force_disabled: bool) -> None:
         amps = charger_limit(target, force_disabled, self.min_current)
-        self.charger.command(0 if amps is None else min(amps, self.max_current))
+        self.charger.offer(0 if amps is None else min(amps, self.max_current))
 
 
 class MixedGroup(SimGroup):
@@ -353,6 +353,6 @@ __all__ = ["Faults", "Firmware", "Frame", "MixedGroup", "MixedSpec", "Text", "ca
 
 if __name__ == "__main__":
     # the documented entry point; the search itself lives in simledsearch.py
-    from transports.loadsharing.simledsearch import main
+    from simulators.loadsharing_simledsearch import main
 
     raise SystemExit(main())
