@@ -5,9 +5,11 @@ Both use the monotonic clock: a Pi has no RTC and wall time jumps when NTP syncs
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 
 @dataclass
@@ -80,3 +82,77 @@ class FailureLog:
             )
         self._since = None
         self.failures = 0
+
+
+class RepeatLog:
+    """Repeated identical warnings collapsed into one line and a count (FailureLog's idea for
+    things that do not recover: a flood of reboots, refused requests, garbled replies).
+
+    The first occurrence of a ``key`` is logged at ``level``; more within ``window`` seconds
+    are counted (and logged at DEBUG). When the window closes, one line says how many more
+    there were. The close is scheduled on the running event loop when there is one; without
+    a loop it happens at the next ``warn`` (or :meth:`flush`).
+    """
+
+    def __init__(
+        self, log: logging.Logger, window: float = 60.0, level: int = logging.WARNING,
+        max_keys: int = 64,
+    ) -> None:
+        self.log = log
+        self.window = window
+        self.level = level
+        self.max_keys = max_keys
+        self.total = 0
+        #: key -> [opened at (monotonic), repeats since, what the first line said]
+        self._open: dict[str, list[Any]] = {}
+
+    def warn(self, key: str, msg: str, *args: object) -> bool:
+        """Count one occurrence; returns True when it was logged at ``level``."""
+        self.total += 1
+        now = time.monotonic()
+        self._close_expired(now)
+        entry = self._open.get(key)
+        if entry is not None:
+            entry[1] += 1
+            self.log.debug(msg, *args)
+            return False
+        if len(self._open) >= self.max_keys:  # bounded: the oldest window closes early
+            self._close(next(iter(self._open)))
+        self._open[key] = [now, 0, msg % args if args else msg]
+        self.log.log(self.level, msg, *args)
+        try:
+            asyncio.get_running_loop().call_later(self.window, self._close_if_due, key, now)
+        except RuntimeError:
+            pass  # no loop: closed lazily
+        return True
+
+    def pending(self, key: str) -> int:
+        """Occurrences of ``key`` counted but not yet summarised."""
+        entry = self._open.get(key)
+        return 0 if entry is None else entry[1]
+
+    @property
+    def open_windows(self) -> int:
+        """Kinds counted now (bounded by ``max_keys``)."""
+        return len(self._open)
+
+    def flush(self) -> None:
+        for key in list(self._open):
+            self._close(key)
+
+    def _close_if_due(self, key: str, opened: float) -> None:
+        entry = self._open.get(key)
+        if entry is not None and entry[0] == opened:
+            self._close(key)
+
+    def _close_expired(self, now: float) -> None:
+        for key in [k for k, e in self._open.items() if now - e[0] >= self.window]:
+            self._close(key)
+
+    def _close(self, key: str) -> None:
+        opened, repeats, first = self._open.pop(key)
+        if repeats:
+            self.log.log(
+                self.level, "%s (and %d more like it in %.0f s)",
+                first, repeats, time.monotonic() - opened,
+            )

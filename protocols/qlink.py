@@ -53,6 +53,7 @@ __all__ = [  # the events are re-exported: ``from protocols.qlink import LoadEve
 
 ERROR_CODES: dict[int, str] = {256: "bad command", 257: "bad parameter", 258: "system error"}
 MAX_LINE = 512  # longer without a line end is garbage (a VGN text line is well under this)
+MAX_LEVEL = 100  # a load level in percent (QLINK.md: "Level: integer 0-100, 0 = off")
 
 Modifier = Literal["", "!", "@", "#"]
 
@@ -163,12 +164,13 @@ def parse_event(tag: str, args: list[str], raw: bytes) -> Event | Garbled:
             return Garbled(raw, f"{tag} line with bad parameters")
         cls = SwitchEvent if tag == "SW" else IrEvent
         return cls(v[0], v[1], v[2], v[3] == 1, v[4] if len(v) == 5 else None)
-    if tag == "LO":
-        v = _ints(args, 5)
-        return Garbled(raw, "LO line with bad parameters") if v is None else LoadEvent(*v)
-    if tag == "LS":
-        v = _ints(args, 4)
-        return Garbled(raw, "LS line with bad parameters") if v is None else StationLoadEvent(*v)
+    if tag in ("LO", "LS"):
+        v = _ints(args, 5 if tag == "LO" else 4)
+        if v is None:
+            return Garbled(raw, f"{tag} line with bad parameters")
+        if v[-1] > MAX_LEVEL:  # a load level is 0-100 (QLINK.md); _ints admits no negatives
+            return Garbled(raw, f"{tag} level {v[-1]} out of range 0-{MAX_LEVEL}")
+        return LoadEvent(*v) if tag == "LO" else StationLoadEvent(*v)
     if tag == "LV":
         v = _ints(args, 3)
         return Garbled(raw, "LV line with bad parameters") if v is None else VariableEvent(*v)

@@ -36,6 +36,23 @@ from protocols.rapi_replies import (
 HEARTBEAT_ACK = 165
 #: what a status poll asks, in order (``$GY`` too while heartbeat supervision is on).
 POLLED = ("GS", "GE", "GC", "GG", "GP", "GU", "G0", "GF")
+#: the highest current an OpenEVSE controller is built for (its L2 hardware maximum): the
+#: bound for current values before ``$GC`` has told the charger's own.
+HARDWARE_MAX_A = 80
+#: a measured current may exceed the charger's maximum by this much (meter tolerance).
+MEASURED_MARGIN = 1.1
+
+
+def ev_connected_from_status(status: Status) -> bool | None:
+    """Vehicle presence from ``$GS``/``$AT`` when ``$G0`` is not there: states B and C mean
+    a vehicle, A none; otherwise the EV-connected flag, valid while the pilot is not at -12 V
+    (disabled); else unknown."""
+    by_state = {0x01: False, 0x02: True, 0x03: True}.get(status.state)
+    if by_state is not None:
+        return by_state
+    if status.vflags is not None and status.state != 0xFF:
+        return bool(status.vflags & VFLAG_EV_CONNECTED)
+    return None
 
 
 @dataclass
@@ -55,6 +72,28 @@ class Snapshot:
     faults: FaultCounters | None = None
     heartbeat: Heartbeat | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    #: vehicle presence read from the state (the controller has no ``$G0``)
+    ev_from_state: bool = False
+
+    def use_state_for_ev(self) -> None:
+        """``$G0`` answered ``$NK``: read vehicle presence from ``$GS``/``$AT`` from now on."""
+        self.ev_from_state = True
+        if self.status is not None:
+            self.ev_connected = ev_connected_from_status(self.status)
+
+    def current_limit(self) -> int:
+        """The highest current value the charger can report: its hardware maximum."""
+        return self.current_range.max_a if self.current_range else HARDWARE_MAX_A
+
+    def check_current(self, what: str, amps: float | None, margin: float = 1.0) -> None:
+        """Raise :class:`RapiReplyError` for a current outside 0..the charger's limit."""
+        if amps is None:
+            return
+        limit = self.current_limit() * margin
+        if not 0 <= amps <= limit:
+            raise rr.RapiReplyError(
+                what, (f"{amps:g}",), f"{amps:g} A is outside the charger's 0..{limit:g} A"
+            )
 
     def apply_status(self, status: Status) -> None:
         self.status = status
@@ -62,8 +101,11 @@ class Snapshot:
             self.pilot_state = status.pilot_state
         if status.vflags is not None:
             self.vflags = status.vflags
+        if self.ev_from_state:
+            self.ev_connected = ev_connected_from_status(status)
 
     def apply_async(self, at: AsyncState) -> None:
+        self.check_current("AT", at.current_capacity_a)
         elapsed = self.status.elapsed_s if self.status else 0
         self.status = Status(at.state, elapsed, at.pilot_state, at.vflags)
         self.pilot_state = at.pilot_state
@@ -77,10 +119,19 @@ class Snapshot:
                 self.charging = Charging(0.0, self.charging.voltage_v)
 
     def apply_capacity(self, capacity: Capacity) -> None:
+        self.check_current("GE", capacity.amps)
         self.capacity = capacity
         self.capacity_a = capacity.amps
 
     def apply_range(self, current_range: CurrentRange) -> None:
+        r = current_range
+        for amps in (r.min_a, r.max_a, r.capacity_a, r.configured_max_a):
+            if amps is not None and not 0 <= amps <= HARDWARE_MAX_A:
+                raise rr.RapiReplyError(
+                    "GC", (str(amps),), f"{amps} A is outside 0..{HARDWARE_MAX_A} A"
+                )
+        if r.min_a > r.max_a:
+            raise rr.RapiReplyError("GC", (str(r.min_a), str(r.max_a)), "minimum above maximum")
         self.current_range = current_range
         if current_range.capacity_a is not None:
             self.capacity_a = current_range.capacity_a
@@ -97,7 +148,9 @@ class Snapshot:
         elif name == "GC":
             self.apply_range(rr.parse_current_range(params))
         elif name == "GG":
-            self.charging = rr.parse_charging(params)
+            charging = rr.parse_charging(params)
+            self.check_current("GG", charging.current_a, MEASURED_MARGIN)
+            self.charging = charging
         elif name == "GP":
             self.temperatures = rr.parse_temperatures(params)
         elif name == "GU":

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import itertools
 import json
+import logging
 import re
 import threading
 import uuid
@@ -776,3 +777,29 @@ def test_set_payload_rounding_and_limits_table() -> None:
     assert parse_set_payload(b"ON", switch).value == "On"  # an Off/On enum register
     assert mqtt_module.encode_state("On", switch) == "ON"
     assert mqtt_module.encode_state("Off", switch) == "OFF"
+
+
+def test_a_flood_of_bad_set_payloads_is_one_warning_and_every_result(
+    broker: Mosquitto, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    s = make_settings(broker.port)
+    t = Topics(s.base_topic, s.discovery_prefix)
+    watch = Collector(broker.port, [t.result("+"), f"{s.base_topic}/inv-1/max_charge_current"])
+    state = t.state("inv-1", "max_charge_current")
+
+    async def main() -> None:
+        h = await started(s, tmp_path)
+        await h.send(describe())
+        await h.send(reading(1, max_charge_current=10))
+        await async_wait_for(lambda: watch.on(state) == [b"10"])
+        for i in range(50):
+            watch.client.publish(t.command("inv-1", "max_charge_current"), f"x{i}", qos=1)
+        await async_wait_for(lambda: len(watch.on(t.result("inv-1"))) == 50)
+        await h.stop()
+
+    with caplog.at_level("INFO"):
+        asyncio.run(main())
+    refused = [r for r in caplog.records
+               if r.levelno == logging.WARNING and "refused" in r.getMessage()]
+    assert len(refused) == 1, [r.getMessage() for r in refused]
+    watch.close()

@@ -420,3 +420,17 @@ def _listening(port: int) -> bool:
 
     with socket.socket() as s:
         return s.connect_ex(("127.0.0.1", port)) == 0
+
+
+def test_poll_reply_with_a_level_out_of_range_is_rejected() -> None:
+    async def main() -> None:
+        async with rig(read_interval=0.2) as (sim, h):
+            await async_wait_for(lambda: "hall" in readings(h))
+            hall = next(a for a in sim.model.levels if (a.master, a.enclosure, a.module,
+                                                        a.load) == (1, 1, 1, 3))
+            sim.model.levels[hall] = 145  # the controller's poll answer says 145 %
+            await async_wait_for(lambda: h.ctx.counters.extra.get("bad_replies", 0) >= 2)
+            assert all(e.data.get("hall", 0) <= 100 for e in h.of_kind("reading"))
+            assert statuses(h) == [True]
+
+    asyncio.run(main())

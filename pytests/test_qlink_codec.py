@@ -111,6 +111,19 @@ def test_garbage_is_reported_with_its_bytes(line: bytes) -> None:
     assert "\\x" in str(item) or line.decode(errors="replace") in str(item)
 
 
+@pytest.mark.parametrize("line", [b"LO 1 1 1 4 145", b"LO 1 1 1 4 255", b"LO 1 1 1 4 999",
+                                  b"LO 1 1 1 4 65535", b"LS 1 23 1 101", b"LO 1 1 1 4 -1"])
+def test_load_levels_outside_0_to_100_are_rejected_not_read(line: bytes) -> None:
+    item = classify(line)
+    assert isinstance(item, Garbled), item
+    assert item.raw == line
+
+
+def test_load_level_bounds_are_read() -> None:
+    assert classify(b"LO 1 1 1 4 0") == LoadEvent(1, 1, 1, 4, 0)
+    assert classify(b"LS 1 23 1 100") == StationLoadEvent(1, 23, 1, 100)
+
+
 def test_events_are_told_from_replies_by_shape() -> None:
     # an event ahead of the reply to the command causing it (QLINK.md, BUGFIX capture)
     items = QLinkParser().feed(b"SW 2 55 1 1 0\r4\r")

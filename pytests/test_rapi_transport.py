@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
 import os
 import signal
 import subprocess
@@ -16,6 +17,7 @@ from typing import Any
 import pytest
 
 from gateway.message import Envelope
+from protocols.rapi import encode_line
 from pytests.helpers import Harness, async_wait_for, free_port, wait_for
 from simulators.rapi_device import RapiDevice
 from simulators.rapi_responder import Quirks
@@ -365,3 +367,83 @@ def test_simulator_process_with_http_control(tmp_path: Path) -> None:
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(20) == 0
+
+
+def test_boot_flood_is_one_warning_few_events_and_few_restores(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    async def body(device: RapiDevice, h: Harness) -> None:
+        await command(h, {"command": "set_current", "amps": 10})
+        device.responder.heard.clear()
+        seen = device.responder.heard
+        caplog.clear()
+        device.send(b"".join(encode_line("AB", ("00", "8.2.3")) for _ in range(200)))
+        boots = lambda: [e.data for e in h.of_kind("event") if e.data["event"] == "boot"]  # noqa: E731
+        await async_wait_for(lambda: sum(b.get("count", 1) for b in boots()) == 200, 15)
+        assert len(boots()) <= 5  # one per event_min_interval (1 s) while it lasted
+        assert h.ctx.counters.extra["rapi_events_coalesced"] >= 195
+        restores = [p for n, p in seen if n == "SC"]
+        assert 1 <= len(restores) <= 5 and all(p[0] == "10" for p in restores)
+        assert 1 <= sum(1 for n, p in seen if n == "SY" and p == ("30", "6")) <= 5
+        warnings = [r for r in caplog.records
+                    if r.levelno >= logging.WARNING and "rebooted" in r.getMessage()]
+        assert len(warnings) == 1, [r.getMessage() for r in warnings]
+        assert h.running
+
+    run(tmp_path, body, heartbeat_interval=30)
+
+
+def test_async_state_flood_is_bounded_and_the_last_value_wins(tmp_path: Path) -> None:
+    async def body(device: RapiDevice, h: Harness) -> None:
+        await asyncio.sleep(0.3)
+        before = len(readings(h))
+        lines = [encode_line("AT", ("01", "01", amps, "0000")) for amps in range(6, 31)] * 80
+        lines.append(encode_line("AT", ("01", "01", 17, "0000")))
+        device.send(b"".join(lines))  # 2001 lines
+        await async_wait_for(lambda: h.ctx.counters.extra["rapi_events_coalesced"] >= 1900, 15)
+        await async_wait_for(lambda: readings(h)[-1].get("current_capacity") == 17
+                             or h.ctx.counters.extra["rapi_events_coalesced"] >= 2000, 15)
+        flood = [r for r in readings(h)[before:]]
+        assert len(flood) < 40, len(flood)  # one per second (plus woken polls), not 2001
+        assert any(r.get("current_capacity") == 17 for r in flood)
+
+    run(tmp_path, body, read_interval=3600)
+
+
+def test_currents_outside_the_chargers_limits_are_rejected(tmp_path: Path) -> None:
+    async def body(device: RapiDevice, h: Harness) -> None:
+        await asyncio.sleep(0.3)
+        device.send(encode_line("AT", ("01", "01", 999, "0000")))
+        await async_wait_for(lambda: h.ctx.counters.extra["rapi_bad_replies"] >= 1)
+        await asyncio.sleep(1.2)
+        assert all(r.get("current_capacity", 0) <= 32 for r in readings(h))
+        assert "999 A is outside" in h.ctx.counters.last_error
+        assert h.running
+
+    run(tmp_path, body, read_interval=3600)
+
+
+def test_vehicle_seen_from_the_state_when_g0_is_not_supported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.INFO)
+
+    async def main() -> None:
+        device = RapiDevice("tcp", tcp_port=0, quirks=Quirks(no_g0=True))
+        device.model.plug()  # plugged in before the gateway starts
+        await device.start()
+        h = Harness(RapiSerialTransport, settings(device.endpoint), "evse", tmp_path)
+        await h.start()
+        try:
+            await async_wait_for(lambda: readings(h)
+                                 and readings(h)[-1].get("vehicle_connected") is True, 10)
+            device.unplug()
+            await async_wait_for(lambda: readings(h)[-1].get("vehicle_connected") is False, 10)
+            await async_wait_for(lambda: len(readings(h)) >= 6, 10)
+        finally:
+            await h.stop()
+            await device.stop()
+        told = [r for r in caplog.records if "$G0 with $NK" in r.getMessage()]
+        assert len(told) == 1
+
+    asyncio.run(main())

@@ -112,7 +112,7 @@ def _routes(device: RapiDevice) -> web.RouteTableDef:
     async def quirks(request: web.Request) -> web.Response:
         body = await _json(request)
         q = device.responder.quirks
-        for key in ("echo_seq", "legacy", "mute", "hold_async", "reject_seq"):
+        for key in ("echo_seq", "legacy", "mute", "hold_async", "reject_seq", "no_g0"):
             if key in body:
                 setattr(q, key, bool(body[key]))
         return state()

@@ -326,6 +326,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reply-delay", type=float, default=0.0,
                    help="seconds before each reply (a slow controller or line)")
     p.add_argument("--legacy", action="store_true", help="act as RAPI 4 (decimal $GS)")
+    p.add_argument("--no-g0", action="store_true",
+                   help="answer $G0 with $NK (older firmware, the OpenEVSE emulator)")
     p.add_argument("--log-level", default="INFO")
     return p
 
@@ -346,7 +348,7 @@ async def _serve(args: argparse.Namespace) -> None:
         pty_link=args.pty_link,
         http_port=(args.http_port + offset) if args.http_port else None,
         model=model,
-        quirks=Quirks(echo_seq=not args.no_seq_echo, legacy=args.legacy),
+        quirks=Quirks(echo_seq=not args.no_seq_echo, legacy=args.legacy, no_g0=args.no_g0),
         time_scale=args.time_scale,
         mcu_id=args.mcu_id,
         reply_delay=args.reply_delay,

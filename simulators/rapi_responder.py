@@ -8,6 +8,7 @@ between a command and its reply), or not answering at all.
 
 from __future__ import annotations
 
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -22,6 +23,7 @@ class Quirks:
     mute: bool = False  # read commands, answer nothing
     hold_async: bool = False  # one-shot: queue async lines until the next command
     reject_seq: bool = False  # pre-RAPI-3.0: ':ss' is an extra parameter -> $NK
+    no_g0: bool = False  # older firmware and the OpenEVSE emulator: $G0 -> $NK
 
 
 @dataclass
@@ -30,6 +32,8 @@ class RapiResponder:
     mcu_id: str = "0a1b2c3d4e5f"
     quirks: Quirks = field(default_factory=Quirks)
     commands: int = 0
+    #: the last commands answered, by name and params (what a test or bench checks was sent)
+    heard: deque[tuple[str, tuple[str, ...]]] = field(default_factory=lambda: deque(maxlen=2000))
     bad_lines: int = 0
     _last_key: tuple[int, int, int, int] | None = None
     _held: list[bytes] = field(default_factory=list)
@@ -45,6 +49,7 @@ class RapiResponder:
             self.bad_lines += 1  # the firmware's buffer overflows: dropped without a reply
             return []
         self.commands += 1
+        self.heard.append((event.name, event.params))
         out = self._take_held()
         seq = event.seq if self.quirks.echo_seq else None
         if event.seq is not None and self.quirks.reject_seq:
@@ -112,6 +117,8 @@ class RapiResponder:
         if name == "GU":
             return True, [round(m.session_ws), round(m.total_wh)], None
         if name == "G0":
+            if self.quirks.no_g0:
+                return False, [], None
             return True, [m.ev_connected], None
         if name == "GF":
             t = m.trips

@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 
 from pydantic import Field, field_validator, model_validator
 
+from gateway.backoff import RepeatLog
 from gateway.buffer import BufferSettings, SinkUnavailable
 from gateway.instance import mqtt_client_id
 from gateway.message import EVENT, READING, STATUS, Envelope, ValueSpec
@@ -135,6 +136,7 @@ class MqttTransport(BufferedOutput[MqttSettings]):
         #: every connect: a broker restarted without persistence has forgotten them all)
         self.published: dict[str, str] = {}
         self._duplicates: set[tuple[str, str]] = set()  # (node, section) warned about
+        self._refusals = RepeatLog(self.log)  # a flood of bad /set: one line per kind, counted
         self.availability: dict[str, str] = {}
         #: request id -> (node, value name, rounding note, number asked for, value written)
         self.pending: OrderedDict[str, tuple[str, str, str, Any, Any]] = OrderedDict()
@@ -411,9 +413,10 @@ class MqttTransport(BufferedOutput[MqttSettings]):
         shown_node, shown_value = shorten(node, 80), shorten(value, 80)
         self.ctx.counters.error(exc.detail[:200])
         quoted = payload[:100] if len(payload) <= MAX_SET_PAYLOAD else b""
-        self.log.warning("command on %s/%s refused (%s): %s; payload %r (%d bytes)",
-                         shown_node, shown_value, exc.result, exc.detail[:200], quoted,
-                         len(payload))
+        self._refusals.warn(f"{shown_node}/{shown_value} {exc.result}",
+                            "command on %s/%s refused (%s): %s; payload %r (%d bytes)",
+                            shown_node, shown_value, exc.result, exc.detail[:200], quoted,
+                            len(payload))
         body = {"value": shown_value, "ok": False, "result": exc.result,
                 "detail": exc.detail[:200], "request_id": "",
                 "payload": quoted.decode("utf-8", "backslashreplace")}

@@ -15,13 +15,15 @@ cycle.
 from __future__ import annotations
 
 import asyncio
+import re
 import time
 from dataclasses import asdict
 from typing import Any
 
-from gateway.backoff import Backoff
+from gateway.backoff import Backoff, RepeatLog
 from gateway.message import Envelope, ValueSpec, command_result, describe_event
 from protocols.qlink import (
+    MAX_LEVEL,
     Command,
     ErrorReply,
     Event,
@@ -50,7 +52,6 @@ from transports.qlink_link import (
 )
 
 _VOD = {"off": 0, "keypad": 1, "lcd": 2, "both": 3}
-_GARBLED_LOUD = 5  # this many garbled lines at WARNING, the rest at DEBUG (all counted)
 STABLE_AFTER = 10.0  # a link that lived this long (s) is reconnected at once when it drops
 
 
@@ -84,6 +85,7 @@ class QLinkTransport(QLinkCommands, DeviceTransport[QLinkSettings]):
         self._echo = 299
         self._unmapped: set[str] = set()
         self.levels: dict[str, int] = {}
+        self._repeats = RepeatLog(self.log)  # a bad value polled again and again: one line
         self.leds: dict[str, str] = {}
 
     # ------------------------------------------------------------------ life
@@ -297,7 +299,14 @@ class QLinkTransport(QLinkCommands, DeviceTransport[QLinkSettings]):
                     values = {step.name: reply.ints()[-1]}
             except (ValueError, IndexError):
                 self._count("bad_replies")
-                self.log.warning("poll of %s: unexpected reply %r", step.name, reply.text)
+                self.log.warning("poll of %s: unexpected reply %r", step.name, reply.text[:200])
+                continue
+            level = values.get(step.name) if step.name in self.dir.loads else None
+            if level is not None and not 0 <= level <= MAX_LEVEL:  # a level is 0-100
+                self._count("bad_replies")
+                self._repeats.warn(f"range {step.name}",
+                                   "poll of %s: level %d out of range 0-%d in %r", step.name,
+                                   level, MAX_LEVEL, reply.text[:200])
                 continue
             for name, value in values.items():
                 if self._event_at.get(name, -1.0) < at:  # an event after the reply is newer
@@ -340,10 +349,10 @@ class QLinkTransport(QLinkCommands, DeviceTransport[QLinkSettings]):
     def _on_garbled(self, garbled: Garbled, role: str) -> None:
         self._count("garbled_lines")
         self.ctx.counters.error(f"garbled line: {garbled}")
-        if self.ctx.counters.extra["garbled_lines"] <= _GARBLED_LOUD:
-            self.log.warning("garbled line on the %s connection, ignored: %s", role, garbled)
-        else:
-            self.log.debug("garbled line on the %s connection, ignored: %s", role, garbled)
+        # one WARNING per kind of garbage (numbers aside), the repeats counted in one line
+        kind = re.sub(r"\d+", "N", garbled.reason)
+        self._repeats.warn(f"garbled {role} {kind}",
+                           "garbled line on the %s connection, ignored: %s", role, garbled)
 
     # ------------------------------------------------------------------ helpers
 

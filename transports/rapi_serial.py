@@ -26,7 +26,8 @@ from typing import Any
 
 from pydantic import Field
 
-from gateway.backoff import Backoff
+from gateway.backoff import Backoff, RepeatLog
+from gateway.coalesce import Coalescer
 from gateway.message import EVENT, Envelope, ValueSpec, command_result, describe_event
 from gateway.settings import TransportSettings, serial_identity
 from protocols import rapi_replies as rr
@@ -62,6 +63,11 @@ class RapiSerialSettings(ChargerSettings, TransportSettings):
         default=0, ge=0, le=65535, description="$SY supervision interval we pulse; 0 = off"
     )
     heartbeat_amps: int = Field(default=6, ge=0, le=255, description="$SY fallback current")
+    event_min_interval: float = Field(
+        default=1.0, ge=0, le=3600,
+        description="seconds: at most one envelope per kind of device event ($AT, $AB, $AN) "
+        "this often; a flood in between is folded into the last value and counted",
+    )
 
     def claims(self) -> list[tuple[str, str]]:
         if "://" in self.port:
@@ -102,7 +108,9 @@ class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
         self._lost = asyncio.Event()
         self._lost_reason = ""
         self._wake = asyncio.Event()
-        self._outbox: asyncio.Queue[tuple[str, dict[str, Any]]] = asyncio.Queue()
+        # device events ($AT/$AB/$AN) wait here, one slot per kind: a flood is folded, not queued
+        self._events = Coalescer(settings.event_min_interval)
+        self._repeats = RepeatLog(self.log)
         self._connected = False
         self._unsupported: set[str] = set()
         self._rapi: tuple[int, ...] = (5,)
@@ -110,7 +118,8 @@ class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
         #: request id of a write forwarded to the owner -> who asked for it
         self._forwarded: OrderedDict[str, str] = OrderedDict()
         self._garbage_logged = 0.0
-        for key in ("garbage", "timeouts", "stale_replies", "bad_replies", "commands"):
+        for key in ("garbage", "timeouts", "stale_replies", "bad_replies", "commands",
+                    "events_coalesced"):
             ctx.counters.extra.setdefault(f"rapi_{key}", 0)
 
     # -- life (the reconnect loop is DeviceTransport's) ----------------------------------
@@ -278,14 +287,17 @@ class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
             return
         if not reply.ok:
             self._unsupported.add(name)
-            self.log.info("controller answers $%s with $NK; not asking again", name)
+            if name == "G0":  # decided once per connection (open() clears _unsupported)
+                self.snapshot.use_state_for_ev()
+                self.log.info("controller answers $G0 with $NK; vehicle presence read from the "
+                              "$GS state from now on")
+            else:
+                self.log.info("controller answers $%s with $NK; not asking again", name)
             return
         try:
             self.snapshot.apply(name, reply.params, self._rapi)
         except rr.RapiReplyError as exc:
-            self.ctx.counters.incr("rapi_bad_replies")
-            self.ctx.counters.error(str(exc))
-            self.log.warning("%s: %s", exc, escape(reply.raw))
+            self._bad_reply(exc, escape(reply.raw))
 
     async def _request(
         self, name: str, *params: str, retries: int = 0, dead_check: bool = True
@@ -351,22 +363,30 @@ class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
         future.set_result(frame)
 
     def _async(self, frame: RapiFrame) -> None:
+        """Device events go through the coalescer: at most one envelope (and one restore) per
+        kind per ``event_min_interval``, whatever the line rate."""
         try:
             if frame.name == "AT":
                 self.snapshot.apply_async(rr.parse_async_state(frame.params))
-                self._outbox.put_nowait(("reading", self.snapshot.reading()))
+                self._events.offer("reading", self.snapshot.reading(), dedupe=True)
                 self._wake.set()
             elif frame.name == "AB":
                 boot = rr.parse_boot(frame.params)
-                self.log.warning("controller rebooted (post code %02x)", boot.postcode)
-                self._outbox.put_nowait(("event", {"event": "boot", "postcode": boot.postcode}))
-                self._outbox.put_nowait(("restore", {}))
+                self._repeats.warn(f"boot {boot.postcode}",
+                                   "controller rebooted (post code %02x)", boot.postcode)
+                self._events.offer("boot", {"event": "boot", "postcode": boot.postcode})
+                self._events.offer("restore", {})
             elif frame.name == "AN":
                 long_press = frame.params[:1] == ("1",)
-                self._outbox.put_nowait(("event", {"event": "button", "long": long_press}))
+                self._events.offer("button", {"event": "button", "long": long_press})
         except rr.RapiReplyError as exc:
-            self.ctx.counters.incr("rapi_bad_replies")
-            self.log.warning("%s", exc)
+            self._bad_reply(exc, escape(frame.raw))
+
+    def _bad_reply(self, exc: rr.RapiReplyError, raw: str) -> None:
+        """A reply or async line we cannot use: counted, one line per kind (repeats counted)."""
+        self.ctx.counters.incr("rapi_bad_replies")
+        self.ctx.counters.error(str(exc)[:200])
+        self._repeats.warn(f"bad {exc.what}", "%s: %s", str(exc)[:200], raw[:200])
 
     def _garbage(self, garbage: RapiGarbage) -> None:
         self.ctx.counters.incr("rapi_garbage")
@@ -380,12 +400,16 @@ class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
 
     async def _drain_outbox(self) -> None:
         while True:
-            kind, data = await self._outbox.get()
-            if kind == "restore":
+            key, data, offers = await self._events.take()
+            if offers > 1:
+                self.ctx.counters.incr("rapi_events_coalesced", offers - 1)
+            if key == "restore":
                 with contextlib.suppress(LinkDown):
                     await self._restore()
+            elif key == "reading":
+                await self._emit("reading", data)
             else:
-                await self._emit(kind, data)
+                await self._emit("event", {**data, "count": offers} if offers > 1 else data)
 
     # -- envelopes ------------------------------------------------------------------------
     async def _emit(self, kind: str, data: dict[str, Any], target: Any = None) -> None:

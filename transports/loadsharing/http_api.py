@@ -18,15 +18,25 @@ import contextlib
 import json
 import logging
 import math
+import sys
 import time
 from typing import Any, Protocol
 from urllib.parse import unquote
 
 from aiohttp import WSMsgType, web
 
+from gateway.backoff import RepeatLog
 from transports.loadsharing.auth import GroupAuth
 
-MAX_BODY = 64 * 1024  # a /config body or a /ws frame from a client
+MAX_BODY = 16 * 1024  # a /config body or a /ws frame from a client (a full config is ~1 kB)
+#: the ConfigWrite keys the OpenAPI document declares as strings (a type error is a 400 here,
+#: before the service sees the body; ranges and cross-key rules are the service's)
+STRING_KEYS = ("loadsharing_group_id", "loadsharing_failsafe_mode", "loadsharing_role",
+               "loadsharing_controller_host")
+#: the methods each route answers (a 405 names them in ``Allow``)
+ALLOWED = {"/config": "GET, POST", "/loadsharing/peers": "GET, POST",
+           "/loadsharing/peers/{host}": "DELETE", "/loadsharing/discover": "POST",
+           "/loadsharing/status": "GET", "/status": "GET", "/ws": "GET"}
 WS_RATE = 20.0  # frames per second a /ws client may send, sustained
 WS_BURST = 40.0
 WS_QUEUE = 256  # frames queued for a slow client before it is cut
@@ -70,6 +80,28 @@ def loads(raw: bytes | str) -> Any:
 
 def _msg(code: int, text: str) -> web.Response:
     return web.json_response({"msg": text}, status=code)
+
+
+def _not_allowed(route: str, text: str = "Method not allowed") -> web.Response:
+    return web.json_response({"msg": text}, status=405, headers={"Allow": ALLOWED[route]})
+
+
+class _ServerLog(logging.LoggerAdapter):  # type: ignore[type-arg]
+    """aiohttp's server log for this API: a request it cannot parse (a NUL in a header, a
+    broken request line) is the client's fault: one WARNING per kind with repeats counted,
+    no traceback."""
+
+    def __init__(self, log: logging.Logger, repeats: RepeatLog) -> None:
+        super().__init__(log, {})
+        self.repeats = repeats
+
+    def exception(self, msg: object, *args: object, exc_info: Any = True,
+                  **_kw: Any) -> None:
+        exc = exc_info if isinstance(exc_info, BaseException) else sys.exc_info()[1]
+        what = " ".join(str(getattr(exc, "message", exc)).split())[:200]
+        kind = type(exc).__name__ if exc is not None else "error"
+        text = (str(msg) % args if args else str(msg))[:200]
+        self.repeats.warn(f"http {kind}", "%s: %s: %s", text, kind, what)
 
 
 class TokenBucket:
@@ -122,6 +154,7 @@ class HttpApi:
         self.log = log
         self.hub = WsHub(log)
         self.counters = {"ws_flood": 0, "ws_oversize": 0, "ws_bad": 0, "auth_refused": 0}
+        self.refusals = RepeatLog(log)  # a fuzzer's thousand refusals: one line per kind
         self.app = web.Application(middlewares=[self._errors], client_max_size=MAX_BODY)
         r = self.app.router
         r.add_get("/status", self.get_status)
@@ -135,7 +168,8 @@ class HttpApi:
         self._site: web.TCPSite | None = None
 
     async def start(self, host: str, port: int) -> None:
-        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False)
+        self._runner = web.AppRunner(self.app, access_log=None, handle_signals=False,
+                                     logger=_ServerLog(self.log, self.refusals))
         await self._runner.setup()
         self._site = web.TCPSite(self._runner, host, port, reuse_address=True)
         await self._site.start()
@@ -154,10 +188,15 @@ class HttpApi:
     # -- plumbing ---------------------------------------------------------------------------
     @web.middleware
     async def _errors(self, request: web.Request, handler: Any) -> web.StreamResponse:
+        if (request.content_length or 0) > MAX_BODY:  # refused before a byte of it is read
+            response = _msg(413, "Request too large")
+            response.force_close()  # the unread body is not ours to drain
+            return response
         try:
             return await handler(request)
-        except web.HTTPMethodNotAllowed:
-            return _msg(405, "Method not allowed")
+        except web.HTTPMethodNotAllowed as exc:
+            return web.json_response({"msg": "Method not allowed"}, status=405,
+                                     headers={"Allow": ", ".join(sorted(exc.allowed_methods))})
         except web.HTTPNotFound:
             return _msg(404, "Not found")
         except web.HTTPRequestEntityTooLarge:
@@ -168,8 +207,8 @@ class HttpApi:
         if why is None:
             return None
         self.counters["auth_refused"] += 1
-        self.log.warning("refused %s %s from %s: %s", request.method, request.path,
-                         request.remote, why)
+        self.refusals.warn(f"auth {why}", "refused %s %s from %s: %s", request.method,
+                           request.path[:100], request.remote, why)
         return _msg(401, why)
 
     async def _json(self, request: web.Request) -> tuple[Any, web.Response | None]:
@@ -190,7 +229,7 @@ class HttpApi:
         if request.method == "GET":
             return web.json_response(self.service.config_view())
         if request.method != "POST":
-            return _msg(405, "Method not allowed")
+            return _not_allowed("/config")
         raw = await request.read()
         refused = await self._authorised(request, raw)
         if refused is not None:
@@ -203,6 +242,9 @@ class HttpApi:
             body = None
         if not isinstance(body, dict):
             return _msg(400, "Could not parse JSON")
+        for key in STRING_KEYS:
+            if key in body and not isinstance(body[key], str):
+                return _msg(400, f"{key} must be a string")
         code, answer = await self.service.post_config(body)
         return web.json_response(answer, status=code)
 
@@ -212,7 +254,7 @@ class HttpApi:
         if request.method == "DELETE":
             return await self.peers_delete(request)
         if request.method != "POST":
-            return _msg(405, "Method not allowed")
+            return _not_allowed("/loadsharing/peers")
         body, err = await self._json(request)
         if err is not None:
             return err
@@ -228,11 +270,11 @@ class HttpApi:
         return _msg(code, text)
 
     async def peers_delete(self, request: web.Request) -> web.Response:
-        return _msg(405, "Use DELETE /loadsharing/peers/{host}")
+        return _not_allowed("/loadsharing/peers", "Use DELETE /loadsharing/peers/{host}")
 
     async def peer(self, request: web.Request) -> web.Response:
         if request.method != "DELETE":
-            return _msg(405, "Method not allowed")
+            return _not_allowed("/loadsharing/peers/{host}")
         raw = await request.read()
         refused = await self._authorised(request, raw)
         if refused is not None:
@@ -243,7 +285,7 @@ class HttpApi:
 
     async def discover(self, request: web.Request) -> web.Response:
         if request.method != "POST":
-            return _msg(405, "Method not allowed")
+            return _not_allowed("/loadsharing/discover")
         refused = await self._authorised(request, await request.read())
         if refused is not None:
             return refused
@@ -252,7 +294,7 @@ class HttpApi:
 
     async def ls_status(self, request: web.Request) -> web.Response:
         if request.method != "GET":
-            return _msg(405, "Method not allowed")
+            return _not_allowed("/loadsharing/status")
         return web.json_response(self.service.ls_status())
 
     async def ws(self, request: web.Request) -> web.WebSocketResponse:
@@ -269,13 +311,14 @@ class HttpApi:
             async for msg in sock:
                 if msg.type == WSMsgType.ERROR:
                     self.counters["ws_oversize"] += 1
-                    self.log.warning("/ws client %s: %s", peer, sock.exception())
+                    self.refusals.warn("ws error", "/ws client %s: %s", peer,
+                                       str(sock.exception())[:200])
                     break
                 if msg.type != WSMsgType.TEXT:
                     continue
                 if not bucket.take():
                     self.counters["ws_flood"] += 1
-                    self.log.warning("/ws client %s floods: disconnected", peer)
+                    self.refusals.warn("ws flood", "/ws client %s floods: disconnected", peer)
                     break
                 self._ws_in(sock, msg.data, peer, queue)
         finally:
@@ -292,8 +335,8 @@ class HttpApi:
             frame = loads(data)
         except ValueError:
             self.counters["ws_bad"] += 1
-            self.log.warning("/ws client %s sent non-JSON: %s", peer,
-                             data[:200].encode("unicode_escape").decode("ascii"))
+            self.refusals.warn("ws non-JSON", "/ws client %s sent non-JSON: %s", peer,
+                               data[:200].encode("unicode_escape").decode("ascii")[:200])
             return
         if isinstance(frame, dict) and "ping" in frame:
             queue.put_nowait('{"pong":1}')

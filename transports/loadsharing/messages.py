@@ -26,7 +26,8 @@ class MessageError(ValueError):
 
     def __init__(self, reason: str, raw: bytes | str = b"") -> None:
         text = raw if isinstance(raw, str) else raw[:300].decode("utf-8", "backslashreplace")
-        self.raw = text.encode("unicode_escape").decode("ascii")
+        self.raw = text.encode("unicode_escape").decode("ascii")[:200]
+        reason = reason if len(reason) <= 200 else reason[:200] + "..."  # quotes a peer's value
         super().__init__(f"{reason}: {self.raw}")
 
 

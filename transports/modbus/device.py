@@ -6,6 +6,7 @@ interleaves their plans): everything here is a function of the map and the bytes
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -81,6 +82,23 @@ class ModbusDevice:
                 continue
             out[name] = decode(self.scaled(spec), raw)
         return out
+
+    def out_of_range(self, values: dict[str, Value]) -> dict[str, str]:
+        """The values outside their map's declared ``min``/``max`` (where it declares them),
+        each with the reason: a device reporting them is wrong, they are not readings."""
+        bad: dict[str, str] = {}
+        for name, value in values.items():
+            spec = self.map[name]
+            if isinstance(value, bool) or not isinstance(value, int | float):
+                continue
+            if not math.isfinite(value):  # a float32 NaN or infinity: no reading has one
+                bad[name] = f"{name} = {value} is not a finite number"
+                continue
+            low, high = spec.minimum, spec.maximum
+            if (low is not None and value < low) or (high is not None and value > high):
+                span = f"{'' if low is None else f'{low:g}'}..{'' if high is None else f'{high:g}'}"
+                bad[name] = f"{name} = {value:g} outside the map's range {span}"
+        return bad
 
     def scaled(self, spec: RegisterValue) -> RegisterValue:
         """``spec`` with its scale-factor register's last reading applied (itself without)."""

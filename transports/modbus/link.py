@@ -21,10 +21,13 @@ decides when to close it.
 from __future__ import annotations
 
 import asyncio
+import logging
+import struct
 import time
-from collections.abc import Awaitable
+import weakref
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
-from typing import ClassVar
+from typing import Any, ClassVar
 
 from pymodbus.client import AsyncModbusSerialClient, AsyncModbusTcpClient
 from pymodbus.exceptions import ConnectionException, ModbusException, ModbusIOException
@@ -40,6 +43,82 @@ EXCEPTION_NAMES = {
 }
 #: unanswered requests in a row after which pymodbus may drop the link: never
 NEVER_DISCONNECT = 1 << 30
+#: the function code of a successful reply, per read table and per kind of write
+READ_FUNCTION = {"coil": 1, "discrete": 2, "holding": 3, "input": 4}
+WRITE_COIL, WRITE_REGISTER, WRITE_REGISTERS = 5, 6, 16
+#: raw bytes quoted in a failure, at most (a hostile device may send kilobytes)
+QUOTE_BYTES = 64
+
+log = logging.getLogger(__name__)
+
+
+def explain_frame(raw: bytes, tcp: bool, unit: int, function: int, sent: bytes = b"") -> str:
+    """What is wrong with a reply pymodbus refused, in words (pure; for the one WARNING).
+
+    ``function`` is the request's function code; ``unit`` the device addressed; ``sent`` the
+    request's bytes (for the transaction id over TCP).
+    """
+    quoted = raw[:QUOTE_BYTES].hex(" ") + (" ..." if len(raw) > QUOTE_BYTES else "")
+    problems: list[str] = []
+    if tcp:
+        if len(raw) < 9:
+            return f"{len(raw)} bytes, shorter than a Modbus TCP reply: {quoted}"
+        tid, protocol, length, got_unit = struct.unpack(">HHHB", raw[:7])
+        pdu = raw[7:]
+        if len(sent) >= 2 and tid != int.from_bytes(sent[:2], "big"):
+            problems.append(f"transaction id {tid}, expected {int.from_bytes(sent[:2], 'big')}")
+        if protocol != 0:
+            problems.append(f"protocol id {protocol}, not 0")
+        if length != len(pdu) + 1:
+            problems.append(f"header length {length} for {len(pdu) + 1} bytes")
+    else:
+        if len(raw) < 5:
+            return f"{len(raw)} bytes, shorter than a Modbus RTU reply: {quoted}"
+        got_unit, pdu = raw[0], raw[1:-2]
+    if got_unit != unit:
+        problems.append(f"unit {got_unit}, expected {unit}")
+    got_function = pdu[0] if pdu else 0
+    if got_function & 0x7F != function:
+        problems.append(f"function code {got_function}, expected {function}")
+    elif function in READ_FUNCTION.values() and not got_function & 0x80 and len(pdu) >= 2:
+        if pdu[1] != len(pdu) - 2:
+            problems.append(f"byte count {pdu[1]} for {len(pdu) - 2} data bytes")
+    return "; ".join(problems or ["no valid frame"]) + f" in {quoted}"
+
+
+class _ProtocolErrors:
+    """The loop's exception handler while Modbus links run on it: pymodbus raises inside
+    ``data_received`` on some malformed replies, which asyncio would log as "Fatal error:
+    protocol.data_received() call failed" with a traceback. For a watched link's protocol the
+    error goes to that link (one WARNING from its owner); anything else to the previous
+    handler."""
+
+    def __init__(self, previous: Callable[[asyncio.AbstractEventLoop, dict[str, Any]], object]
+                 | None) -> None:
+        self.previous = previous
+        self.watched: weakref.WeakKeyDictionary[object, Callable[[BaseException], None]] = (
+            weakref.WeakKeyDictionary())
+
+    @classmethod
+    def on(cls, loop: asyncio.AbstractEventLoop) -> _ProtocolErrors:
+        handler = loop.get_exception_handler()
+        if isinstance(handler, cls):
+            return handler
+        mine = cls(handler)
+        loop.set_exception_handler(mine)
+        return mine
+
+    def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
+        protocol = context.get("protocol")
+        notify = self.watched.get(protocol) if protocol is not None else None
+        exc = context.get("exception")
+        if notify is not None and isinstance(exc, BaseException):
+            log.debug("pymodbus failed on a reply: %s", exc)
+            notify(exc)
+        elif self.previous is not None:
+            self.previous(loop, context)
+        else:
+            loop.default_exception_handler(context)
 
 
 # ---------------------------------------------------------------------- descriptions
@@ -153,12 +232,15 @@ class ModbusLink:
         self._rx = bytearray()
         self._quiet_from = 0.0
         self._connected_at = 0.0
+        self._fault = ""  # what pymodbus choked on inside data_received, if it did
+        self._tx = b""  # the last request's bytes
         #: seconds from sending the last successful request to its reply (None if re-sent)
         self.last_exchange: float | None = None
 
     def _trace(self, sending: bool, data: bytes) -> bytes:
         if sending:
             self._rx.clear()
+            self._tx = data
         else:
             self._rx += data
         return data
@@ -177,6 +259,9 @@ class ModbusLink:
         client.set_max_no_responses(NEVER_DISCONNECT)
         return client
 
+    def _choked(self, exc: BaseException) -> None:
+        self._fault = str(exc)[:200]
+
     @property
     def connected(self) -> bool:
         return self._client is not None and bool(self._client.connected)
@@ -184,6 +269,7 @@ class ModbusLink:
     async def connect(self) -> bool:
         self.close()
         self._client = self._make_client()
+        _ProtocolErrors.on(asyncio.get_running_loop()).watched[self._client.ctx] = self._choked
         try:
             ok = bool(await self._client.connect()) and self.connected
         except (OSError, ModbusException):
@@ -209,7 +295,7 @@ class ModbusLink:
             call = client.read_holding_registers(address, count=count, device_id=unit)
         else:
             call = client.read_input_registers(address, count=count, device_id=unit)
-        reply = await self._exchange(call, policy)
+        reply = await self._exchange(call, policy, unit, READ_FUNCTION[table])
         if table in BIT_TABLES:
             bits = list(reply.bits)[:count]
             if len(bits) < count:
@@ -226,12 +312,15 @@ class ModbusLink:
         client = await self._ready(policy)
         if spec.table == "coil":
             call = client.write_coil(spec.address, bool(words[0]), device_id=unit)
+            function = WRITE_COIL
         elif len(words) == 1:
             call = client.write_register(spec.address, int(words[0]), device_id=unit)
+            function = WRITE_REGISTER
         else:
             call = client.write_registers(spec.address, [int(w) for w in words],
                                           device_id=unit)
-        await self._exchange(call, policy)
+            function = WRITE_REGISTERS
+        await self._exchange(call, policy, unit, function)
 
     async def _ready(self, policy: CallPolicy) -> AsyncModbusTcpClient | AsyncModbusSerialClient:
         """The client, once the policy's pauses have passed; its timeout and retries set."""
@@ -249,28 +338,42 @@ class ModbusLink:
         self._client.ctx.retries = policy.retries
         return self._client
 
-    async def _exchange(self, call: Awaitable[ModbusPDU], policy: CallPolicy) -> ModbusPDU:
-        """Await one pymodbus call and sort its outcome into data or a failure kind."""
+    async def _exchange(self, call: Awaitable[ModbusPDU], policy: CallPolicy, unit: int,
+                        function: int) -> ModbusPDU:
+        """Await one pymodbus call and sort its outcome into data or a failure kind; a reply
+        from another unit or with another function code than asked is garbled, not data."""
         self.last_exchange = None
+        self._fault = ""
         sent = time.monotonic()
+        tcp = isinstance(self.description, TcpEndpoint)
         try:
             reply = await call
         except ConnectionException as exc:
-            raise Disconnected(str(exc)) from None
+            if self._fault and self._rx:  # pymodbus choked on the reply and dropped the link
+                raise GarbledReply(self._garbled(tcp, unit, function)) from None
+            raise Disconnected(str(exc)[:200]) from None
         except ModbusIOException:
             if self._rx:
-                raise GarbledReply(f"no valid frame in {bytes(self._rx).hex(' ')}") from None
+                raise GarbledReply(self._garbled(tcp, unit, function)) from None
             if not self.connected:
                 raise Disconnected("connection lost") from None
             raise NoReply(policy.timeout, policy.retries + 1) from None
         except ModbusException as exc:
-            raise GarbledReply(str(exc)) from None
+            raise GarbledReply(str(exc)[:200]) from None
         finally:
             self._quiet_from = time.monotonic()
         if isinstance(reply, ExceptionResponse):
-            raise ExceptionReply(int(reply.exception_code), bytes(self._rx))
+            if reply.function_code & 0x7F != function:
+                raise GarbledReply(self._garbled(tcp, unit, function))
+            raise ExceptionReply(int(reply.exception_code), bytes(self._rx[:QUOTE_BYTES]))
         if reply.isError():
-            raise GarbledReply(f"error reply {reply}")
+            raise GarbledReply(f"error reply {str(reply)[:200]}")
+        if reply.function_code != function or reply.dev_id != unit:
+            raise GarbledReply(self._garbled(tcp, unit, function))
         if not reply.retries:
             self.last_exchange = self._quiet_from - sent
         return reply
+
+    def _garbled(self, tcp: bool, unit: int, function: int) -> str:
+        detail = explain_frame(bytes(self._rx), tcp, unit, function, self._tx)
+        return f"{self._fault}: {detail}" if self._fault else detail

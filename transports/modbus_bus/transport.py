@@ -28,7 +28,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, ClassVar
 
-from gateway.backoff import Backoff, FailureLog
+from gateway.backoff import Backoff, FailureLog, RepeatLog
 from gateway.message import (
     COMMAND,
     EVENT,
@@ -75,7 +75,7 @@ AnySettings = BusSettings | ModbusSettings
 #: a measured turnaround is worth a hint when a plan for it would be this much cheaper
 HINT_GAIN = 0.02
 COUNTERS = ("scans", "probes", "requests", "exceptions", "timeouts", "garbled", "writes",
-            "writes_rejected", "reconnects", "quarantines", "ranges_learned")
+            "writes_rejected", "reconnects", "quarantines", "ranges_learned", "out_of_range")
 #: what a block read came to, besides blocks.READ and blocks.SPLIT: another exception reply;
 #: no (valid) answer; the link went down
 ERROR, SILENT, DOWN = "error", "silent", "down"
@@ -136,6 +136,7 @@ class ModbusBusTransport(DeviceTransport[AnySettings]):
         self._silence = {n: FailureLog(self.log, self._where if sole else
                                        f"{self._where} device {n}") for n in self.members}
         self._refusals_seen: set[tuple[str, str, int]] = set()
+        self._repeats = RepeatLog(self.log)  # out-of-range values: one line per value, counted
         for key in COUNTERS:
             ctx.counters.extra.setdefault(key, 0)
         self.commands = BusCommands(self, self.members, ctx, self.log, self._where)
@@ -388,7 +389,14 @@ class ModbusBusTransport(DeviceTransport[AnySettings]):
                 return values, DOWN
             try:
                 words = await self.read_words(m, current)
-                values.update(m.device.decode(current, words))
+                decoded = m.device.decode(current, words)
+                for name, why in m.device.out_of_range(decoded).items():
+                    del decoded[name]
+                    self.count("out_of_range")
+                    self.ctx.counters.error(f"{m.name}: {why}")
+                    self._repeats.warn(f"{m.name} {name}", "%s: %s: %s (rejected)",
+                                       self._where, m.name, why)
+                values.update(decoded)
                 outcome = READ
             except RequestFailed as exc:
                 what = f"read {current.table} {current.address}+{current.count}"
