@@ -176,6 +176,17 @@ class DiskQueue:
         ).fetchall()
         return [(int(r[0]), str(r[1])) for r in rows]
 
+    def oldest_timestamp(self) -> float:
+        """When the oldest waiting envelope was read (unix seconds); 0.0 when none waits."""
+        row = self.db.execute("SELECT body FROM envelopes ORDER BY id LIMIT 1").fetchone()
+        if row is None:
+            return 0.0
+        try:
+            stamp = json.loads(row[0]).get("timestamp", 0.0)
+        except (ValueError, AttributeError):
+            return 0.0
+        return float(stamp) if isinstance(stamp, int | float) else 0.0
+
     def delete_through(self, last_id: int) -> int:
         cur = self.db.execute("DELETE FROM envelopes WHERE id <= ?", (last_id,))
         self.count -= cur.rowcount
@@ -232,6 +243,14 @@ class StoreAndForward:
         self.commits = 0
         for key in ("buffer_rows", "buffer_dropped", "buffer_rejected", "delivered"):
             counters.extra.setdefault(key, 0)
+        counters.extra.setdefault("buffer_oldest_at", 0.0)
+
+    def _show_rows(self, oldest_changed: bool) -> None:
+        """The status counters: rows waiting, and when the oldest of them was read (one
+        indexed query, only when the oldest row may have changed)."""
+        self.counters.extra["buffer_rows"] = self.queue.count
+        if oldest_changed:
+            self.counters.extra["buffer_oldest_at"] = self.queue.oldest_timestamp()
 
     # -- accepting -----------------------------------------------------------------------
     def open(self) -> None:
@@ -239,7 +258,7 @@ class StoreAndForward:
             return
         self.queue.open(self.log)
         self._opened = True
-        self.counters.extra["buffer_rows"] = self.queue.count
+        self._show_rows(oldest_changed=True)
         if self.queue.count:
             self.log.info("buffer holds %d envelopes from before; delivering them first",
                           self.queue.count)
@@ -280,12 +299,13 @@ class StoreAndForward:
         if not self._pending or not self._opened:
             return
         rows, self._pending = self._pending, []
+        was_empty = self.queue.count == 0
         self.queue.append(rows)
         self.commits += 1
         excess = self.queue.count - self.settings.buffer_size
         if excess > 0:
             self._dropped(self.queue.drop_oldest(excess, self._inflight_last))
-        self.counters.extra["buffer_rows"] = self.queue.count
+        self._show_rows(oldest_changed=was_empty or excess > 0)
         self._mark_work()
 
     def _mark_work(self) -> None:
@@ -369,7 +389,7 @@ class StoreAndForward:
             return True  # closed meanwhile: the rows stay and are sent again (at-least-once)
         delivered = self.queue.delete_through(rows[-1][0])
         self.counters.incr("delivered", delivered)
-        self.counters.extra["buffer_rows"] = self.queue.count
+        self._show_rows(oldest_changed=True)
         self._waiting_since = time.monotonic() if self.queue.count else None
         if self.failure.failing:
             self.failure.recovered()

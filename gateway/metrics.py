@@ -7,6 +7,7 @@ docs/metrics.md.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -33,6 +34,7 @@ class GatewayCollector(Collector):
 
 
 def _transport_metrics(transports: list[dict[str, Any]]) -> Iterator[Metric]:
+    now = time.time()  # buffer_oldest_at is when a reading was read: wall time, like its age
     labels = ["transport", "kind"]
     up = GaugeMetricFamily(PREFIX + "transport_up", "1 when the transport's process is running",
                            labels=labels)
@@ -69,10 +71,12 @@ def _transport_metrics(transports: list[dict[str, Any]]) -> Iterator[Metric]:
         counters = t.get("counters") or {}
         if "buffer_rows" in counters:
             rows.add_metric(values, float(counters["buffer_rows"]))
-        if "buffer_oldest_age" in counters:
-            oldest.add_metric(values, float(counters["buffer_oldest_age"]))
+        oldest_at = counters.get("buffer_oldest_at")
+        if isinstance(oldest_at, int | float) and "buffer_rows" in counters:
+            age = max(0.0, now - oldest_at) if oldest_at and counters["buffer_rows"] else 0.0
+            oldest.add_metric(values, age)
         for key, value in sorted(counters.items()):
-            if key in ("buffer_rows", "buffer_oldest_age"):
+            if key in ("buffer_rows", "buffer_oldest_at"):
                 continue
             if isinstance(value, (int, float)) and not isinstance(value, bool):
                 extra.add_metric([*values, key], float(value))

@@ -124,6 +124,31 @@ def test_outage_loses_nothing_and_keeps_order(tmp_path: Path) -> None:
     asyncio.run(main())
 
 
+def test_status_says_how_old_the_oldest_waiting_envelope_is(tmp_path: Path) -> None:
+    """buffer_oldest_at: when the oldest waiting envelope was read, 0 once all is delivered
+    (the status page and /metrics show its age while an output is down)."""
+    async def main() -> None:
+        saf, counters = make(tmp_path, batch_size=10)
+        sink = FakeSink()
+        sink.down = True
+        task = await running(saf, sink)
+        assert counters.extra["buffer_oldest_at"] == 0.0
+        for n in range(1, 31):
+            e = env(n)
+            e.timestamp = 1000.0 + n
+            saf.accept([e])
+        assert counters.extra["buffer_rows"] == 30
+        assert counters.extra["buffer_oldest_at"] == 1001.0
+        sink.down = False
+        await async_wait_for(lambda: len(sink.got) == 30)
+        await async_wait_for(lambda: counters.extra["buffer_oldest_at"] == 0.0)
+        assert counters.extra["buffer_rows"] == 0
+        await stop(task)
+        await saf.close(sink)
+
+    asyncio.run(main())
+
+
 def test_lost_acknowledgement_means_duplicates_not_loss(tmp_path: Path) -> None:
     async def main() -> None:
         saf, _ = make(tmp_path, batch_size=10)

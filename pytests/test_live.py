@@ -2,9 +2,19 @@
 
 from __future__ import annotations
 
+import time
+
 from gateway import channel
-from gateway.live import GroupSource, LatestReadings, key_values, summarize_group
+from gateway.live import (
+    GroupPoller,
+    GroupSource,
+    LatestReadings,
+    LiveState,
+    key_values,
+    summarize_group,
+)
 from gateway.message import Envelope
+from gateway.metrics import render
 
 
 def _frame(*envelopes: Envelope) -> bytes:
@@ -81,3 +91,19 @@ def test_drawn_current_adds_the_led_openevse_members() -> None:
     group = summarize_group(source, status, node={"loadsharing_group_current_total": 16.0})
     assert group["drawn"] == 31.5
     assert summarize_group(source, status)["drawn"] is None
+
+
+def test_metrics_give_the_age_of_an_outputs_oldest_waiting_envelope() -> None:
+    def row(name: str, rows: int, oldest_at: float) -> dict[str, object]:
+        return {"name": name, "kind": "influxdb_out", "state": "running", "restarts": 0,
+                "envelopes_in": 0, "envelopes_out": 0, "dropped": 0, "errors": 0,
+                "last_error": "", "pid": 1, "uptime": 1.0,
+                "counters": {"buffer_rows": rows, "buffer_oldest_at": oldest_at}}
+
+    live = LiveState(lambda: [row("down", 30, time.time() - 120.0), row("up", 0, 0.0)],
+                     LatestReadings(), GroupPoller([]))
+    text = render(live).decode()
+    ages = {line.split('transport="')[1].split('"')[0]: float(line.rsplit(" ", 1)[1])
+            for line in text.splitlines() if line.startswith("pgw_buffer_oldest_age_seconds{")}
+    assert 119 <= ages["down"] < 180
+    assert ages["up"] == 0.0
