@@ -54,9 +54,13 @@ class FailureLog:
     37 s, 12 retries" to a line per retry.
     """
 
-    def __init__(self, log: logging.Logger, what: str) -> None:
+    def __init__(self, log: logging.Logger, what: str, counters: Any = None) -> None:
+        """``counters`` (a transport's :class:`~transports.base.Counters`): the outage also
+        becomes its ``last_error``, and the recovery its ``recovered_at``, so that ``status``
+        and the status page say what the log says."""
         self.log = log
         self.what = what
+        self.counters = counters
         self.failures = 0
         self._since: float | None = None
 
@@ -69,6 +73,8 @@ class FailureLog:
         if self._since is None:
             self._since = time.monotonic()
             self.log.warning("%s failed: %s", self.what, reason)
+            if self.counters is not None:
+                self.counters.error(f"{self.what}: {reason}")
         else:
             self.log.debug("%s still failing (%d): %s", self.what, self.failures, reason)
 
@@ -80,6 +86,8 @@ class FailureLog:
                 time.monotonic() - self._since,
                 self.failures,
             )
+            if self.counters is not None:
+                self.counters.recovered()
         self._since = None
         self.failures = 0
 

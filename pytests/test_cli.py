@@ -62,6 +62,41 @@ path = {tmp_path}/out.jsonl
         assert gw.stop() == 0
 
 
+def test_last_error_of_a_broker_outage_reads_recovered_once_it_is_back(tmp_path: Path) -> None:
+    """End to end: the broker is not there at start (LAST ERROR names it), then comes up;
+    status then says "recovered" (the runner's counters, not a stale error)."""
+    from pytests.servers import Mosquitto
+
+    port = free_port()
+    gw = GatewayProcess(tmp_path, f"""
+[house]
+transport = system
+read_interval = 0.5
+bridge = mqtt
+
+[mqtt]
+transport = mqtt
+host = 127.0.0.1
+port = {port}
+reconnect_min = 0.5
+reconnect_max = 1
+""")
+    try:
+        gw.wait_all_running(timeout=60)
+        wait_for(lambda: "MQTT broker" in gw.transports()["mqtt"]["last_error"], timeout=60,
+                 interval=0.3)
+        assert not gw.transports()["mqtt"]["recovered_at"]
+        with Mosquitto(tmp_path / "broker", port=port):
+            wait_for(lambda: (t := gw.transports()["mqtt"])["recovered_at"]
+                     >= t["last_error_at"] > 0, timeout=60, interval=0.3)
+            done = _cli("status", str(gw.config))
+            assert done.returncode == 0, done.stderr
+            line = next(row for row in done.stdout.splitlines() if row.startswith("mqtt "))
+            assert "recovered" in line, done.stdout
+    finally:
+        assert gw.stop() == 0
+
+
 def test_status_without_a_gateway_hints_at_instances(tmp_path: Path) -> None:
     config = tmp_path / "c.ini"
     config.write_text(f"[general]\nhttp_port = {free_port()}\n[s]\ntransport = system\n")

@@ -178,6 +178,7 @@ class MqttTransport(BufferedOutput[MqttSettings]):
             on_connected=self._connected,
             on_message=self._message,
             birth=(self.topics.gateway_status, ONLINE, 1, True),
+            counters=self.ctx.counters,
         )
         self.link.start()
 

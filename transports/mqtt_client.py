@@ -62,6 +62,7 @@ class MqttLink:
         on_connected: Callable[[], None],
         on_message: Callable[[str, bytes, bool], None],
         birth: Message | None = None,
+        counters: Any = None,
     ) -> None:
         self.options = options
         self.log = log
@@ -69,7 +70,8 @@ class MqttLink:
         self.birth = birth
         self._on_connected = on_connected
         self._on_message = on_message
-        self.failure = FailureLog(log, f"MQTT broker {options.host}:{options.port}")
+        # the broker's outages in the transport's status too (LAST ERROR, then "recovered")
+        self.failure = FailureLog(log, f"MQTT broker {options.host}:{options.port}", counters)
         self._loop: asyncio.AbstractEventLoop | None = None
         self._client: paho.Client | None = None
         self._acks: dict[int, asyncio.Future[None]] = {}
