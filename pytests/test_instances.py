@@ -693,7 +693,9 @@ def test_three_gateways_with_simulators_share_no_file_or_port(
         assert f"instance 1 is already running (pid {pids[1]})" in capsys.readouterr().err
 
         # Same serial port as instance 0 (through its symlink): refused, naming instance 0.
-        dup = write_gateway_config(tmp_path / "dup.ini", tmp_path / "state-b", base + 5000,
+        # (its own status port, low enough that instance 5's offset stays a port)
+        dup_base = next(p for p in (free_port() for _ in range(100)) if p + 500 <= 65535)
+        dup = write_gateway_config(tmp_path / "dup.ini", tmp_path / "state-b", dup_base,
                                    RAPI_SECTIONS.format(port=rapi_simulators[0]))
         assert main_instance(["5", "start", "--config", str(dup)]) == 1
         err = capsys.readouterr().err
