@@ -43,9 +43,9 @@ from protocols.read_plan import RtuCost, plan_reads
 from protocols.registers import load_map
 from simulators.modbus_bus import BusSimulator, PacedLine
 from transports.base import TransportContext
-from transports.modbus_bus import ModbusBusRtuTransport
 from transports.modbus_bus.schedule import BusSchedule, Timing
 from transports.modbus_bus.settings import ModbusBusRtuSettings
+from transports.modbus_bus.transport import ModbusBusRtuTransport
 
 
 def run(n: int, baud: int, dead: bool, args: argparse.Namespace) -> dict[str, float | str]:

@@ -37,48 +37,15 @@ import sqlite3
 import time
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Literal, Protocol
-
-from pydantic import Field
+from typing import Any, Protocol
 
 from gateway.backoff import Backoff, FailureLog
+from gateway.buffer_settings import BufferSettings
 from gateway.message import Envelope
-from gateway.settings import TransportSettings
 from transports.base import Counters
 
 _SCHEMA = "CREATE TABLE IF NOT EXISTS envelopes (id INTEGER PRIMARY KEY, body TEXT NOT NULL)"
 _DROP_LOG_INTERVAL = 60.0
-
-
-class BufferSettings(TransportSettings):
-    """Keys every buffered output has (a mixin for the outputs' own settings classes)."""
-
-    buffer_size: int = Field(
-        default=100_000, ge=1, description="envelopes kept on disk while the sink is down; "
-        "past it the oldest are dropped (counted and logged)"
-    )
-    batch_size: int = Field(default=100, ge=1, description="envelopes per write to the sink")
-    flush_interval: float = Field(
-        default=0.0, ge=0, description="seconds to wait for a full batch before writing a "
-        "partial one; 0 = write whatever is waiting at once"
-    )
-    buffer_commit_rows: int = Field(
-        default=100, ge=1, description="at most this many envelopes per SQLite transaction"
-    )
-    buffer_commit_interval: float = Field(
-        default=0.0, ge=0, description="seconds to gather envelopes before a commit; 0 = each "
-        "batch is on disk before it is acknowledged (a kill -9 loses nothing accepted)"
-    )
-    buffer_sync: Literal["normal", "full"] = Field(
-        default="normal", description="SQLite synchronous mode: normal survives a process "
-        "crash, full also a power cut (slower, wears SD cards)"
-    )
-    retry_initial: float = Field(default=1.0, gt=0, description="first retry delay, seconds")
-    retry_max: float = Field(default=30.0, gt=0, description="longest retry delay, seconds")
-    drain_timeout: float = Field(
-        default=5.0, ge=0, description="on shutdown, seconds spent delivering what waits; the "
-        "rest stays on disk for the next start"
-    )
 
 
 class SinkUnavailable(Exception):

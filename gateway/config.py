@@ -279,22 +279,22 @@ def load_config(
     general_model, general_problems = _validate(
         GeneralSettings, raw.get(GENERAL, {}), source, GENERAL, lines, origins=origins)
     problems += general_problems
-    registry = transports.known()  # imports only the kinds looked up
+    kinds = transports.names()  # known without importing one
     configs: dict[str, TransportConfig] = {}
     for section, values in raw.items():
         if section == GENERAL:
             continue
         kind = values.get("transport", "").strip()
-        if not kind or kind not in registry:
+        if not kind or kind not in kinds:
             problems.append(_problem(source, section, "transport",
-                                     _kind_problem(kind, registry), lines=lines, origins=origins))
+                                     _kind_problem(kind, kinds), lines=lines, origins=origins))
             # the keys every section has are still checked: every problem, not the first
             common = {k: v for k, v in values.items() if k in TransportSettings.model_fields}
             _, common_problems = _validate(TransportSettings, dict(common, transport=kind or "?"),
                                            source, section, lines, origins=origins)
             problems += common_problems
             continue
-        model, section_problems = _validate(registry[kind].Settings, values, source, section,
+        model, section_problems = _validate(transports.settings_for(kind), values, source, section,
                                             lines, origins=origins)
         problems += section_problems
         if model is not None:
@@ -320,7 +320,7 @@ def load_config(
     return GatewayConfig(source, general_model, references.resolve(configs), warnings)
 
 
-def _kind_problem(kind: str, registry: Mapping[str, Any]) -> str:
+def _kind_problem(kind: str, registry: list[str]) -> str:
     if not kind:
         return (f"missing: every section but [general] names its transport kind "
                 f"(one of {', '.join(sorted(registry))})")

@@ -47,7 +47,6 @@ def check(configs: dict[str, TransportConfig], source: str, lines: Lines,
           ) -> tuple[list[ConfigProblem], list[ConfigProblem]]:
     """(errors, warnings) of every reference; ``problem`` builds a ConfigProblem.
     ``sections``: every section of the file (one that failed validation has its own errors)."""
-    registry = transports.known()  # imports a kind only when it is looked up
     errors: list[ConfigProblem] = []
     warnings: list[ConfigProblem] = []
     taken: dict[tuple[str, str], str] = {}
@@ -69,10 +68,8 @@ def check(configs: dict[str, TransportConfig], source: str, lines: Lines,
                     f"names section {ref.section!r}, which does not exist (sections: "
                     f"{', '.join(sorted(configs)) or 'none'})", line))
                 continue
-            provides = getattr(registry.get(target.kind), "provides", frozenset())
-            if ref.capability not in provides:
-                able = sorted(k for k, c in registry.items()
-                              if ref.capability in getattr(c, "provides", frozenset()))
+            if ref.capability not in transports.provides(target.kind):
+                able = [k for k in transports.names() if ref.capability in transports.provides(k)]
                 errors.append(problem(
                     source, name, ref.key,
                     f"names [{ref.section}], a {target.kind} transport, which is not a "

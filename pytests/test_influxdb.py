@@ -14,7 +14,7 @@ from pydantic import ValidationError
 from gateway.message import Envelope
 from pytests.helpers import Harness, async_wait_for
 from pytests.servers import InfluxDB1, VictoriaMetrics
-from transports.influxdb_out import InfluxOut, InfluxSettings, to_point
+from transports.influxdb_out import InfluxOut, InfluxSettings, to_line
 
 INFO = {"transport_name": "inverter", "device_identifier": "inv-1", "device_manufacturer": "EG4",
         "device_model": "18kPV", "device_serial_number": "SN123"}
@@ -226,12 +226,10 @@ def test_settings_pick_one_api_and_keep_secrets(tmp_path: Path, monkeypatch: Any
 
 def test_point_from_reading() -> None:
     s = InfluxSettings(transport="influxdb_out", database="x", measurement="m")
-    line = to_point(reading(3, bad=float("nan"), none=None), s)
-    assert line is not None
-    text = line.to_line_protocol()
+    text = to_line(reading(3, bad=float("nan"), none=None), s)
     assert text.startswith("m,device=inv-1,manufacturer=EG4,model=18kPV,serial=SN123,")
     assert "n=3" in text and "soc=53" in text and "charging=false" in text
     assert 'mode="eco"' in text and "bad" not in text and "none" not in text
     assert text.endswith(str(round((T0 + 0.03) * 1000)))
     empty = Envelope(source_transport="x", kind="reading", data={"v": None})
-    assert to_point(empty, s) is None
+    assert to_line(empty, s) == ""

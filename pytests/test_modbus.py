@@ -37,7 +37,7 @@ from transports.modbus.link import (
     TcpEndpoint,
 )
 from transports.modbus.settings import ModbusRtuSettings, ModbusTcpSettings
-from transports.modbus_bus import ModbusRtuTransport, ModbusTcpTransport
+from transports.modbus_bus.transport import ModbusRtuTransport, ModbusTcpTransport
 
 ROOT = Path(__file__).resolve().parent.parent
 CASES = Path(__file__).parent / "cases" / "modbus"

@@ -30,10 +30,10 @@ from pytests.helpers import Harness, async_wait_for, free_port, wait_for
 from simulators.modbus_bus import BusSimulator
 from transports import get
 from transports.base import TransportContext
-from transports.modbus_bus import ModbusBusRtuTransport, ModbusBusTcpTransport
 from transports.modbus_bus.commands import MAX_QUEUED
 from transports.modbus_bus.port_resolve import PortNotFound, UsbSelector
 from transports.modbus_bus.settings import ModbusBusRtuSettings, ModbusBusTcpSettings
+from transports.modbus_bus.transport import ModbusBusRtuTransport, ModbusBusTcpTransport
 
 ROOT = Path(__file__).resolve().parent.parent
 #: a device's mean interval between readings, over >= 8 intervals, is within 25 % of its

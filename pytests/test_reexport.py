@@ -17,9 +17,8 @@ from pytests.helpers import Harness, async_wait_for, free_port
 from simulators.modbus_bus import BusSimulator
 from simulators.sunspec_device import SunSpecSimulator
 from transports.modbus.settings import ModbusTcpSettings
-from transports.modbus_bus import ModbusBusTcpTransport
 from transports.modbus_bus.settings import ModbusBusTcpSettings
-from transports.modbus_bus.transport import ModbusTcpTransport
+from transports.modbus_bus.transport import ModbusBusTcpTransport, ModbusTcpTransport
 
 
 def test_a_bus_is_served_again_unit_by_unit(tmp_path: Path) -> None:

@@ -3,13 +3,14 @@
 Two wire APIs, chosen by which keys are set: ``database`` writes to the InfluxDB 1.x
 ``/write`` endpoint (HTTP basic auth with ``username``/``password``); ``bucket`` (with ``org``
 and ``token``) writes through influxdb-client's v2 API, which InfluxDB 2.x/3.x and
-VictoriaMetrics accept. Either way the line protocol comes from ``influxdb_client.Point``:
-one point per reading, tags from the device's identity, fields from its values, the reading's
-own timestamp.
+VictoriaMetrics accept. Either way the lines come from ``protocols/line_protocol.py``: one
+point per reading, tags from the device's identity, fields from its values, the reading's own
+timestamp.
 
-Memory: aiohttp and influxdb-client (~30 MB together) are imported when the transport
-connects, not with this module, so that the supervisor, which imports it only to validate the
-section, does not carry them; ``PRELOAD`` has the forkserver import them once for the child.
+Memory: aiohttp (~12 MB) is imported when the transport connects, not with this module;
+``PRELOAD`` has the forkserver import it once for the child. influxdb-client (15 MB, 25 MB
+where numpy is installed) is imported only by a v2 output, in its own process: the 1.x API
+needs none of it (protocols/line_protocol.py says why the lines are not its ``Point``).
 
 Failures are sorted for the buffer: a sink that is down, overloaded or refusing our
 credentials is retried (``SinkUnavailable``: fix the token, the data is still waiting); a
@@ -20,28 +21,24 @@ batch the server calls malformed (HTTP 400, 413, 422) is dropped, counted and lo
 from __future__ import annotations
 
 import base64
-import math
-import os
 from collections.abc import Sequence
-from pathlib import Path
-from typing import TYPE_CHECKING, ClassVar, Literal
+from typing import TYPE_CHECKING, ClassVar
 
-from pydantic import Field, field_validator, model_validator
-
-from gateway.buffer import BufferSettings, Rejected, SinkUnavailable
+from gateway.buffer import Rejected, SinkUnavailable
 from gateway.message import READING, Envelope
-from gateway.settings import ExistingFile, Secret, StrList
+from protocols import line_protocol
+from protocols.line_protocol import FieldValue
 from transports import register
 from transports.base import TransportContext
 from transports.buffered import BufferedOutput
+from transports.influxdb_settings import InfluxSettings
 
 if TYPE_CHECKING:
     import aiohttp
-    from influxdb_client import Point
     from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
-#: Imported lazily by the transport; the forkserver imports them before forking its child.
-PRELOAD = ("aiohttp", "influxdb_client", "influxdb_client.client.influxdb_client_async")
+#: Imported lazily by the transport; the forkserver imports it before forking its child.
+PRELOAD = ("aiohttp",)
 
 #: source_transport_info key -> tag key.
 TAGS = {
@@ -58,97 +55,26 @@ _V2_PRECISION = {"s": "s", "ms": "ms", "us": "us", "ns": "ns"}  # WritePrecision
 _HOPELESS = frozenset({400, 413, 422})
 
 
-class InfluxSettings(BufferSettings):
-    url: str = Field(default="", description="http(s)://host:port; overrides host and port")
-    host: str = Field(default="127.0.0.1", description="server host (when url is empty)")
-    port: int = Field(default=8086, ge=1, le=65535, description="server port (when url is empty)")
-    database: str = Field(default="", description="InfluxDB 1.x database: selects the /write API")
-    retention_policy: str = Field(default="", description="1.x retention policy; empty = default")
-    username: str = Field(default="", description="1.x user name (HTTP basic auth)")
-    password: Secret = Field(default=Secret(""), description="1.x password (never logged)")
-    bucket: str = Field(default="", description="v2 API bucket: selects the v2 write API")
-    org: str = Field(default="", description="v2 API organisation")
-    token: Secret = Field(default=Secret(""), description="v2 API token (never logged)")
-    token_file: ExistingFile = Field(default="", description="read the v2 token from this file")
-    token_env: str = Field(default="", description="read the v2 token from this env variable")
-    measurement: str = Field(default="protocol_gateway", description="measurement name")
-    tags: StrList = Field(default=(), description="extra tags, e.g. site=garage, rack=2")
-    precision: Literal["s", "ms", "us", "ns"] = Field(default="ms", description="time precision")
-    integers_as_float: bool = Field(
-        default=True, description="write integers as floats, so a value that is sometimes "
-        "230 and sometimes 230.5 never hits a field type conflict"
-    )
-    timeout: float = Field(default=10.0, gt=0, description="HTTP timeout per write, seconds")
-    verify_tls: bool = Field(default=True, description="check the server certificate (https)")
-    batch_size: int = Field(default=500, ge=1, description="envelopes per write")
-    flush_interval: float = Field(
-        default=1.0, ge=0, description="seconds to wait for a full batch before writing a "
-        "partial one"
-    )
-
-    @field_validator("tags")
-    @classmethod
-    def _tags(cls, value: tuple[str, ...]) -> tuple[str, ...]:
-        for item in value:
-            key, sep, val = item.partition("=")
-            if not sep or not key.strip() or not val.strip():
-                raise ValueError(f"tags are key=value pairs, got {item!r}")
-        return value
-
-    @model_validator(mode="after")
-    def _one_api(self) -> InfluxSettings:
-        if bool(self.database) == bool(self.bucket):
-            raise ValueError("set database (InfluxDB 1.x /write) or bucket (v2 API), not both")
-        sources = [bool(self.token.get_secret_value()), bool(self.token_file),
-                   bool(self.token_env)]
-        if sum(sources) > 1:
-            raise ValueError("token, token_file and token_env are alternatives: set one")
-        if self.token_env and self.token_env not in os.environ:
-            raise ValueError(f"token_env: environment variable {self.token_env} is not set")
-        if self.url and not self.url.startswith(("http://", "https://")):
-            raise ValueError("url must start with http:// or https://")
-        return self
-
-    @property
-    def base_url(self) -> str:
-        return self.url.rstrip("/") if self.url else f"http://{self.host}:{self.port}"
-
-    def resolve_token(self) -> str:
-        if self.token_file:
-            return Path(self.token_file).read_text(encoding="utf-8").strip()
-        if self.token_env:
-            return os.environ.get(self.token_env, "").strip()
-        return self.token.get_secret_value()
-
-
-def to_point(envelope: Envelope, settings: InfluxSettings) -> Point | None:
-    """One reading as a Point; None when it holds no writable field."""
-    from influxdb_client import Point
-
-    point = Point(settings.measurement)
+def to_line(envelope: Envelope, settings: InfluxSettings) -> str:
+    """One reading as one line of line protocol; "" when it holds no writable field."""
     info = envelope.source_transport_info or {}
     tags = {"transport": envelope.source_transport}
-    tags.update({tag: info[key] for key, tag in TAGS.items() if info.get(key)})
+    tags.update({tag: str(info[key]) for key, tag in TAGS.items() if info.get(key)})
     for item in settings.tags:
         key, _, value = item.partition("=")
         tags[key.strip()] = value.strip()
-    for key, value in tags.items():
-        point.tag(key, value)
-    fields = 0
+    fields: dict[str, FieldValue] = {}
     for name, raw in envelope.data.items():
-        if raw is None or (isinstance(raw, float) and not math.isfinite(raw)):
+        if raw is None:
             continue
-        value: bool | int | float | str = raw
+        value: FieldValue = raw
         if isinstance(raw, int) and not isinstance(raw, bool) and settings.integers_as_float:
             value = float(raw)
         elif not isinstance(raw, (bool, int, float, str)):
             value = str(raw)
-        point.field(name, value)
-        fields += 1
-    if not fields:
-        return None
+        fields[name] = value
     stamp = round(envelope.timestamp * _SCALE[settings.precision])
-    return point.time(stamp, _V2_PRECISION[settings.precision])
+    return line_protocol.encode(settings.measurement, tags, fields, stamp)
 
 
 @register
@@ -171,7 +97,6 @@ class InfluxOut(BufferedOutput[InfluxSettings]):
 
     async def open_sink(self) -> None:
         import aiohttp
-        from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
 
         s = self.settings
         if s.database and self._session is None:
@@ -184,6 +109,8 @@ class InfluxOut(BufferedOutput[InfluxSettings]):
                 connector=aiohttp.TCPConnector(ssl=None if s.verify_tls else False),
             )
         elif s.bucket and self._client is None:
+            from influxdb_client.client.influxdb_client_async import InfluxDBClientAsync
+
             self._client = InfluxDBClientAsync(
                 url=s.base_url, token=s.resolve_token() or None, org=s.org or None,
                 timeout=int(s.timeout * 1000), verify_ssl=s.verify_tls,
@@ -199,22 +126,22 @@ class InfluxOut(BufferedOutput[InfluxSettings]):
 
     # -- the sink the buffer writes to ---------------------------------------------------
     async def write(self, batch: Sequence[Envelope]) -> None:
-        points = [p for p in (to_point(e, self.settings) for e in batch) if p is not None]
-        if not points:
+        lines = [line for line in (to_line(e, self.settings) for e in batch) if line]
+        if not lines:
             return
         if self.settings.database:
-            await self._write_v1(points)
+            await self._write_v1(lines)
         else:
-            await self._write_v2(points)
+            await self._write_v2(lines)
 
-    async def _write_v1(self, points: list[Point]) -> None:
+    async def _write_v1(self, lines: list[str]) -> None:
         import aiohttp
 
         s = self.settings
         if self._session is None:
             await self.open_sink()
         assert self._session is not None
-        body = "\n".join(p.to_line_protocol() for p in points).encode()
+        body = "\n".join(lines).encode()
         params = {"db": s.database, "precision": _V1_PRECISION[s.precision]}
         if s.retention_policy:
             params["rp"] = s.retention_policy
@@ -227,7 +154,7 @@ class InfluxOut(BufferedOutput[InfluxSettings]):
             raise SinkUnavailable(f"{type(exc).__name__}: {exc}") from exc
         self._refused(r.status, text)
 
-    async def _write_v2(self, points: list[Point]) -> None:
+    async def _write_v2(self, lines: list[str]) -> None:
         import aiohttp
         from influxdb_client.rest import ApiException
 
@@ -237,7 +164,7 @@ class InfluxOut(BufferedOutput[InfluxSettings]):
         assert self._client is not None
         try:
             await self._client.write_api().write(
-                bucket=s.bucket, org=s.org or None, record=points,
+                bucket=s.bucket, org=s.org or None, record=lines,
                 write_precision=_V2_PRECISION[s.precision],
             )
         except ApiException as exc:

@@ -24,21 +24,20 @@ import time
 from collections import OrderedDict
 from typing import Any
 
-from pydantic import Field
-
 from gateway.backoff import Backoff, RepeatLog
 from gateway.coalesce import Coalescer
 from gateway.message import EVENT, Envelope, ValueSpec, command_result, describe_event
-from gateway.settings import TransportSettings, serial_identity
+from gateway.settings import serial_identity
 from protocols import rapi_replies as rr
 from protocols.rapi import RapiFrame, RapiGarbage, RapiParser, encode_command, escape
 from protocols.rapi_values import HEARTBEAT_ACK, POLLED, Snapshot, set_current_step, value_specs
 from transports import register
 from transports.base import TransportContext
-from transports.charger import CHARGER, ChargerSettings
+from transports.charger import CHARGER
 from transports.device import DeviceTransport
 from transports.rapi_charger import OWNER_ONLY, charger_status, user_request
 from transports.rapi_commands import CommandState, execute_command
+from transports.rapi_settings import RapiSerialSettings
 from transports.serial_link import OPEN_ERRORS, LinkDown, SerialLink
 
 #: this many commands in a row without an answer: the controller is gone, reconnect.
@@ -47,32 +46,6 @@ DEAD_AFTER_TIMEOUTS = 3
 FORWARDED_MAX = 64
 #: a poll woken early (after a command or an $AT) comes at least this long after the last.
 MIN_POLL_GAP = 1.0
-
-
-class RapiSerialSettings(ChargerSettings, TransportSettings):
-    port: str = Field(description="serial device, PTY path or socket://host:port")
-    baudrate: int = Field(default=115200, gt=0, description="serial speed (ignored for TCP)")
-    read_interval: float = Field(default=5.0, gt=0, description="seconds between status polls")
-    command_timeout: float = Field(default=0.5, gt=0, description="seconds to wait for a reply")
-    use_sequence_ids: bool = Field(default=True, description="tag commands with :ss ids")
-    reconnect_backoff_ms: int = Field(default=1000, gt=0, description="first reconnect wait")
-    reconnect_timeout_sec: float = Field(
-        default=60.0, ge=0, description="give up (crash, supervisor restarts) after; 0 = never"
-    )
-    heartbeat_interval: int = Field(
-        default=0, ge=0, le=65535, description="$SY supervision interval we pulse; 0 = off"
-    )
-    heartbeat_amps: int = Field(default=6, ge=0, le=255, description="$SY fallback current")
-    event_min_interval: float = Field(
-        default=1.0, ge=0, le=3600,
-        description="seconds: at most one envelope per kind of device event ($AT, $AB, $AN) "
-        "this often; a flood in between is folded into the last value and counted",
-    )
-
-    def claims(self) -> list[tuple[str, str]]:
-        if "://" in self.port:
-            return []
-        return [("serial port", serial_identity(self.port))]
 
 
 async def wait_event(event: asyncio.Event, timeout: float) -> bool:

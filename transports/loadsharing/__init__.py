@@ -43,9 +43,7 @@ Not here: the simulated groups and their randomized searches live beside the oth
 (``simulators/loadsharing_simnet.py``, ``_simsearch``, ``_simled``, ``_simledsearch``); they
 drive these same objects on a simulated clock and network. No module of this package imports
 another's private names, and the package has no import cycle
-(``pytests/test_loadsharing_imports.py``).
+(``pytests/test_loadsharing_imports.py``). Nothing is imported here: ``settings.py``
+validates a section without aiohttp, zeroconf or websockets, and ``transport.py`` registers
+the kind (transports/__init__.py ``KINDS``).
 """
-
-from transports.loadsharing.transport import LoadSharing
-
-__all__ = ["LoadSharing"]

@@ -8,14 +8,7 @@ and one device (``modbus_tcp``, ``modbus_rtu``) as a bus of one, by the same cod
 - ``member.py``       one device on the bus: map, plan memory, identity
 - ``transport.py``    the bus loop: one request at a time, split refused blocks, quarantine
 - ``commands.py``     which device a command is for; writes served between two requests
+
+Nothing is imported here: validating a section (``settings.py``) must not import pymodbus;
+the transport classes register from ``transport.py`` (transports/__init__.py ``KINDS``).
 """
-
-from transports.modbus_bus.transport import (
-    ModbusBusRtuTransport,
-    ModbusBusTcpTransport,
-    ModbusRtuTransport,
-    ModbusTcpTransport,
-)
-
-__all__ = ["ModbusBusRtuTransport", "ModbusBusTcpTransport", "ModbusRtuTransport",
-           "ModbusTcpTransport"]
