@@ -177,7 +177,7 @@ def run_gateway(config: GatewayConfig, notifier: Any = None) -> int:
         return EXIT_CONFIG
     if len(config.transports) == 1:
         return asyncio.run(_run_single(config, notifier, log))
-    from gateway import status_http  # aiohttp: only the process that serves it imports it
+    from gateway import status_http  # h11: only the process that serves it imports it
     from gateway.live import GroupPoller, LatestReadings, LiveState, group_sources
     from gateway.supervisor import Supervisor
 
@@ -188,15 +188,15 @@ def run_gateway(config: GatewayConfig, notifier: Any = None) -> int:
     live = LiveState(lambda: [s.public() for s in supervisor.slots.values()], readings, groups)
 
     async def main_async() -> int:
-        runner = await status_http.start(live, config.general.http_host, http_port(config))
-        poller = asyncio.create_task(groups.run()) if runner is not None else None
+        server = await status_http.start(live, config.general.http_host, http_port(config))
+        poller = asyncio.create_task(groups.run()) if server is not None else None
         try:
             return await supervisor.run()
         finally:
             if poller is not None:
                 poller.cancel()
-            if runner is not None:
-                await runner.cleanup()
+            if server is not None:
+                await server.close()
 
     return asyncio.run(main_async())
 
@@ -220,13 +220,13 @@ async def _run_single(config: GatewayConfig, notifier: Any, log: logging.Logger)
 
     for sig in (signal.SIGTERM, signal.SIGINT):
         loop.add_signal_handler(sig, stop, sig)
-    runner = await status_http.start(lambda: [single.public()], config.general.http_host,
+    server = await status_http.start(lambda: [single.public()], config.general.http_host,
                                      http_port(config))
     try:
         code = await single.run()
     finally:
-        if runner is not None:
-            await runner.cleanup()
+        if server is not None:
+            await server.close()
     del log
     return code
 

@@ -21,8 +21,10 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import urlsplit
 
 from gateway.config import GatewayConfig
+from gateway.http11 import HttpClientError, get_json
 from gateway.instance import offset_address, split_host_port
 
 log = logging.getLogger("supervisor.live")
@@ -213,24 +215,31 @@ class GroupPoller:
     async def run(self) -> None:
         if not self.sources:
             return
-        import aiohttp
+        while True:
+            for source in self.sources:
+                try:
+                    body = await fetch_json(source.url)
+                    node = None
+                    with contextlib.suppress(HttpClientError):
+                        node = await fetch_json(source.node_status_url)
+                    self.groups[source.section] = summarize_group(source, body, node=node)
+                except HttpClientError as exc:
+                    self.groups[source.section] = summarize_group(source, None, str(exc))
+            await asyncio.sleep(self.interval)
 
-        timeout = aiohttp.ClientTimeout(total=2.0)
-        async with aiohttp.ClientSession(timeout=timeout) as session:
-            while True:
-                for source in self.sources:
-                    try:
-                        async with session.get(source.url) as response:
-                            body = await response.json(content_type=None)
-                        node = None
-                        with contextlib.suppress(aiohttp.ClientError, TimeoutError, ValueError):
-                            async with session.get(source.node_status_url) as response:
-                                node = await response.json(content_type=None)
-                        self.groups[source.section] = summarize_group(source, body, node=node)
-                    except (TimeoutError, aiohttp.ClientError, ValueError) as exc:
-                        self.groups[source.section] = summarize_group(
-                            source, None, str(exc) or type(exc).__name__)
-                await asyncio.sleep(self.interval)
+
+async def fetch_json(url: str, timeout: float = 2.0) -> dict[str, Any]:
+    """A node's JSON object at ``url`` (loopback, h11 rather than aiohttp: the supervisor's
+    memory); every failure is an :class:`HttpClientError` saying why."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or 80
+    except ValueError as exc:
+        raise HttpClientError(f"bad URL {url}: {exc}") from None
+    body = await get_json(parts.hostname or "", port, parts.path or "/", timeout)
+    if not isinstance(body, dict):
+        raise HttpClientError(f"{url} did not answer a JSON object")
+    return body
 
 
 class LiveState:
