@@ -21,14 +21,15 @@ import os
 import signal
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import gateway
 from gateway import logs
 from gateway.config import ConfigError, GatewayConfig, effective_settings, load_config, render_ini
+
+if TYPE_CHECKING:
+    from gateway.forkserver import ForkServer
 
 EXIT_CONFIG = 2
 COMMANDS = ("run", "check", "status", "read", "ports", "demo", "instance")
@@ -113,10 +114,19 @@ def main(argv: list[str] | None = None) -> int:
         from gateway.demo import run_demo
 
         return run_demo(args.duration, args.dir, args.instance, args.mqtt, args.refresh)
+    forkserver = None
     if args.command == "run" and not args.print_config:
         from gateway.supervisor import start_forkserver_early
 
-        start_forkserver_early(args.config)  # its imports run beside the validation's
+        forkserver = start_forkserver_early(args.config)  # imports beside the validation's
+    try:
+        return _command(args, forkserver)
+    finally:
+        if forkserver is not None:
+            forkserver.close()  # the supervisor's, when it ran; or one nobody needed
+
+
+def _command(args: argparse.Namespace, forkserver: ForkServer | None) -> int:
     try:
         config = load_config(args.config, sets=args.set, instance=args.instance)
     except ConfigError as exc:
@@ -141,7 +151,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     from gateway.instance_cli import run_guarded
 
-    return run_guarded(config, lambda: run_gateway(config))
+    return run_guarded(config, lambda: run_gateway(config, forkserver=forkserver))
 
 
 def for_instance(config: GatewayConfig) -> tuple[GatewayConfig, str]:
@@ -159,7 +169,8 @@ def for_instance(config: GatewayConfig) -> tuple[GatewayConfig, str]:
     return dataclasses.replace(config, general=general), log_file
 
 
-def run_gateway(config: GatewayConfig, notifier: Any = None) -> int:
+def run_gateway(config: GatewayConfig, notifier: Any = None,
+                forkserver: ForkServer | None = None) -> int:
     """Run until SIGTERM/SIGINT; return the process exit code."""
     config, log_file = for_instance(config)
     if log_file:
@@ -181,7 +192,7 @@ def run_gateway(config: GatewayConfig, notifier: Any = None) -> int:
     from gateway.live import GroupPoller, LatestReadings, LiveState, group_sources
     from gateway.supervisor import Supervisor
 
-    supervisor = Supervisor(config, notifier)
+    supervisor = Supervisor(config, notifier, forkserver)
     readings = LatestReadings()
     supervisor.frame_tap = readings.tap
     groups = GroupPoller(group_sources(config))
@@ -263,6 +274,9 @@ def _no_answer_hint(config: GatewayConfig) -> str:
 
 
 def print_status(config: GatewayConfig) -> int:
+    import urllib.error  # here: the supervisor runs this module for its life and never asks
+    import urllib.request
+
     port = http_port(config)
     if port == 0:
         print(f"{config.source}: [general] http_port = 0, the status API is off",

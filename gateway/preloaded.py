@@ -1,7 +1,7 @@
-"""Imported last by the forkserver: completes and freezes what the imports before it made.
+"""Imported last by the fork server: completes and freezes what the imports before it made.
 
-Why a module: ``set_forkserver_preload`` takes module names and imports them in order in the
-forkserver, before it forks any child; importing this one there runs after all the others.
+Why a module: the fork server (gateway/forkserver.py) imports a list of module names in order
+before it forks any child; this one comes last, after all the others.
 It first imports what the transport modules list in ``PRELOAD`` (libraries they import lazily
 so that the supervisor, which only validates their sections, does not carry them), then runs
 ``gc.freeze()``: the frozen objects sit in a permanent generation the collector never walks,

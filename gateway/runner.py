@@ -21,6 +21,7 @@ import signal
 import threading
 import time
 from collections.abc import Callable
+from multiprocessing.connection import Connection
 
 import transports
 from gateway import channel, logs
@@ -296,7 +297,9 @@ def tune_gc() -> None:
 
 
 def _watch_parent(log: logging.Logger, on_gone: threading.Event) -> None:
-    """Exit soon after the supervisor dies, however it died (SIGKILL included)."""
+    """Exit soon after the supervisor dies, however it died (SIGKILL included). Under spawn
+    or fork only: a child of the fork server has no multiprocessing parent, and the kernel
+    ends it with the server, which ends with the supervisor (:func:`_set_parent_death_signal`)."""
     parent = multiprocessing.parent_process()
     if parent is None:
         return
@@ -308,7 +311,8 @@ def _watch_parent(log: logging.Logger, on_gone: threading.Event) -> None:
 
 
 def _set_parent_death_signal() -> None:
-    """Linux: have the kernel SIGKILL us when the process that forked us dies (belt and braces)."""
+    """Linux: have the kernel SIGKILL us when the process that forked us dies: the fork
+    server, which exits when the supervisor does (gateway/forkserver.py)."""
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
@@ -327,6 +331,15 @@ def child_main(config: TransportConfig, general: GeneralSettings,
     code = asyncio.run(_child_async(config, general, ends, log))
     logging.shutdown()
     os._exit(code)
+
+
+def child_from_fds(fds: list[int], config: TransportConfig, general: GeneralSettings) -> None:
+    """Entry point of a transport forked by gateway/forkserver.py: its three pipes arrive as
+    descriptors (up, control, down)."""
+    up, ctl, down = fds
+    child_main(config, general, channel.ChildEnds(
+        Connection(up, readable=False), Connection(ctl, readable=False),
+        Connection(down, writable=False)))
 
 
 async def _child_async(config: TransportConfig, general: GeneralSettings,

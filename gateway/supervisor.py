@@ -1,9 +1,10 @@
 """The supervisor: one process per transport, restarts by policy, ordered shutdown, routing.
 
 Mechanism only; the restart decision is :func:`gateway.policy.decide`. Start method:
-``forkserver`` by default (documented in docs/architecture.md): a child starts in ~12 ms instead
-of spawn's ~80 ms, and, unlike ``fork``, inherits no threads, sockets or asyncio loop from the
-supervisor. The forkserver is started after a daemon detaches (python-daemon closes every fd).
+``forkserver`` by default, the gateway's own (gateway/forkserver.py, docs/architecture.md): a
+child starts in ~12 ms instead of spawn's ~80 ms, and, unlike ``fork``, inherits no threads,
+sockets or asyncio loop from the supervisor. The server is started after a daemon detaches
+(python-daemon closes every fd).
 
 Per transport a :class:`Slot` holds what outlives its process: the restart history, the queue of
 batches waiting for it, and the batches sent but not yet acknowledged (re-sent to the next
@@ -38,8 +39,11 @@ from typing import Any
 import transports
 from gateway import channel
 from gateway.config import GatewayConfig, TransportConfig, read_ini
+from gateway.forkserver import ForkedChild, ForkServer, ForkServerError
 from gateway.policy import Failed, History, Restart, RestartPolicy, decide
 from gateway.runner import child_main
+
+CHILD_TARGET = "gateway.runner:child_from_fds"  # what the fork server runs in a child
 
 log = logging.getLogger("supervisor")
 
@@ -99,36 +103,29 @@ class Slot:
         }
 
 
-def start_forkserver(kinds: set[str]) -> None:
-    """Start the forkserver now, preloading what ``kinds`` need (no effect once started).
-
-    What it preloads, once, shared by every child copy-on-write: the runner, the kinds'
-    modules, "__main__" (the entry, kept light: no child then re-runs it as __mp_main__) and
-    last gateway.preloaded (what the modules list in ``PRELOAD``, then ``gc.freeze()``).
-    Its imports run in parallel with whatever we do next. Only after a daemon detached
-    (python-daemon closes every descriptor): the run command is the foreground path.
-    """
-    from multiprocessing import forkserver
-
-    ctx = multiprocessing.get_context("forkserver")
-    ctx.set_forkserver_preload(
-        ["__main__", "gateway.runner", *transports.modules_for(kinds), "gateway.preloaded"])
-    forkserver.ensure_running()
+def forkserver_preload(kinds: set[str]) -> list[str]:
+    """What the fork server imports, in order, shared by every child copy-on-write: the
+    runner, the kinds' modules, last gateway.preloaded (what those list in ``PRELOAD``, then
+    ``gc.freeze()``)."""
+    return ["gateway.runner", *transports.modules_for(kinds), "gateway.preloaded"]
 
 
-def start_forkserver_early(config_path: str) -> None:
-    """Before the configuration is validated (which imports the same modules here): from a
-    plain read of the INI file, start the forkserver when it will be needed, so that the two
-    imports run side by side. A file that does not parse is left to the validation."""
+def start_forkserver_early(config_path: str) -> ForkServer | None:
+    """Before the configuration is validated: from a plain read of the INI file, start the
+    fork server when it will be needed, so that its imports and the validation run side by
+    side (the supervisor adopts it). A file that does not parse is left to the validation.
+    Only on the foreground path: a daemon starts its server after it detached (python-daemon
+    closes every descriptor)."""
     try:
         raw, _ = read_ini(config_path)
     except Exception:  # noqa: BLE001 - the validation reports it properly
-        return
+        return None
     sections = {name: values for name, values in raw.items() if name != "general"}
     method = raw.get("general", {}).get("start_method", "forkserver").strip()
     if len(sections) < 2 or method != "forkserver":
-        return  # one transport runs in-process; another start method has no server
-    start_forkserver({v.get("transport", "").strip() for v in sections.values()})
+        return None  # one transport runs in-process; another start method has no server
+    return ForkServer(forkserver_preload(
+        {v.get("transport", "").strip() for v in sections.values()}))
 
 
 def describe_exit(code: int | None) -> str:
@@ -143,17 +140,19 @@ def describe_exit(code: int | None) -> str:
 
 
 class Supervisor:
-    def __init__(self, config: GatewayConfig, notifier: Any = None) -> None:
+    def __init__(self, config: GatewayConfig, notifier: Any = None,
+                 forkserver: ForkServer | None = None) -> None:
         self.config = config
         self.general = config.general
         self.policy = RestartPolicy.from_general(config.general)
         self.ctx = multiprocessing.get_context(config.general.start_method)
+        #: forks the children (gateway/forkserver.py); spawn and fork use multiprocessing
+        self.forkserver: ForkServer | None = None
+        self._preload = forkserver_preload({tc.kind for tc in config.transports.values()})
         if config.general.start_method == "forkserver":
-            # What the configured kinds import, once, shared by every child (copy-on-write);
-            # gateway.preloaded last: it freezes the collector's view of all of it. "__main__"
-            # (the script or console entry, kept light) is imported there too, so that no
-            # child re-runs it as __mp_main__ with whatever it imports.
-            start_forkserver({tc.kind for tc in config.transports.values()})
+            self.forkserver = forkserver or ForkServer(self._preload)
+        elif forkserver is not None:
+            forkserver.close()
         self.slots = {name: Slot(tc) for name, tc in config.transports.items()}
         self.notifier = notifier
         self.loop: asyncio.AbstractEventLoop | None = None
@@ -171,11 +170,15 @@ class Supervisor:
         up_r, up_w = self.ctx.Pipe(duplex=False)
         ctl_r, ctl_w = self.ctx.Pipe(duplex=False)
         down_r, down_w = self.ctx.Pipe(duplex=False)
-        process = self.ctx.Process(
-            target=child_main, name=f"pgw-{slot.name}",
-            args=(slot.config, self.general, channel.ChildEnds(up_w, ctl_w, down_r)),
-            daemon=False)
-        process.start()
+        process: Any
+        if self.forkserver is not None:
+            process = self._fork(slot, [up_w.fileno(), ctl_w.fileno(), down_r.fileno()])
+        else:
+            process = self.ctx.Process(
+                target=child_main, name=f"pgw-{slot.name}",
+                args=(slot.config, self.general, channel.ChildEnds(up_w, ctl_w, down_r)),
+                daemon=False)
+            process.start()
         up_w.close()
         ctl_w.close()
         down_r.close()
@@ -195,6 +198,20 @@ class Supervisor:
         threading.Thread(target=self._ctl_loop, args=(slot, ctl_r), daemon=True,
                          name=f"ctl-{slot.name}").start()
         log.info("started %s (%s) pid=%d", slot.name, slot.config.kind, process.pid)
+
+    def _fork(self, slot: Slot, fds: list[int]) -> ForkedChild:
+        """Fork ``slot``'s process; a fork server that died (killed, out of memory) is
+        replaced once, logged once: its children died with it and restart through the new
+        one."""
+        assert self.forkserver is not None
+        args = (slot.config, self.general)
+        try:
+            return self.forkserver.start(CHILD_TARGET, args, fds)
+        except ForkServerError as exc:
+            log.warning("%s; starting a new one", exc)
+            self.forkserver.close(timeout=1.0)
+            self.forkserver = ForkServer(self._preload)
+            return self.forkserver.start(CHILD_TARGET, args, fds)
 
     def _on_exit(self, slot: Slot, process: Any) -> None:
         assert self.loop is not None
@@ -417,6 +434,8 @@ class Supervisor:
         watchdog = asyncio.create_task(self._watchdog())
         await self.done.wait()
         watchdog.cancel()
+        if self.forkserver is not None:
+            self.forkserver.close()
         return 0
 
     def request_shutdown(self, sig: int | None = None) -> None:
