@@ -15,6 +15,13 @@ one-node loadsharing group; ``small`` = one Modbus TCP device plus MQTT. For eac
 
 Targets (issue 22, this 2-core machine): six <= 150 MB PSS, small <= 80 MB, first state
 < 1.5 s, restart <= backoff + 0.2 s.
+
+The interpreter that runs this runs the gateway: a system Python carries what the machine has
+installed (here numpy, which influxdb-client would import, and a site hook that every process
+runs). What a Pi has is a clean virtual environment; measure that too:
+
+    python3 -m venv /tmp/pgw-venv && /tmp/pgw-venv/bin/pip install . pytest
+    /tmp/pgw-venv/bin/python bench/footprint.py
 """
 
 from __future__ import annotations
