@@ -51,7 +51,8 @@ class LinkKeeper(Generic[L]):
     still reported. ``on_down(reason)`` is told every failed attempt (after the failure log
     counted it), ``on_recovered()`` the end of each outage (after the recovery log). ``wait``
     is the pause between two attempts; by default it ends early when ``stopping`` is set.
-    A backoff with ``give_up_after`` makes :meth:`keep` raise :class:`GaveUp` once exceeded.
+    A backoff with ``give_up_after`` makes :meth:`keep` raise once exceeded: :class:`GaveUp`,
+    or what ``gave_up(message, last_failure)`` makes (a caller whose contract names the type).
     """
 
     def __init__(
@@ -62,6 +63,7 @@ class LinkKeeper(Generic[L]):
         on_down: Callable[[str], Awaitable[None]] | None = None,
         on_recovered: Callable[[], None] | None = None,
         wait: Callable[[float], Awaitable[None]] | None = None,
+        gave_up: Callable[[str, BaseException], BaseException] | None = None,
     ) -> None:
         self.what = what
         self.backoff = backoff
@@ -72,6 +74,7 @@ class LinkKeeper(Generic[L]):
         self.on_down = on_down
         self.on_recovered = on_recovered
         self._wait = wait or self._wait_or_stop
+        self._gave_up = gave_up or (lambda message, _: GaveUp(message))
 
     def up(self) -> bool:
         """The peer answered on this link: the recovery logged (once), the backoff reset.
@@ -117,8 +120,9 @@ class LinkKeeper(Generic[L]):
             await self._down(lost)
             delay = self.backoff.next_delay()
             if delay is None:
-                raise GaveUp(f"{self.what}: gave up after {self.backoff.give_up_after:g} s: "
-                             f"{reason_of(lost)}") from lost
+                raise self._gave_up(f"{self.what}: gave up after "
+                                    f"{self.backoff.give_up_after:g} s: {reason_of(lost)}",
+                                    lost) from lost
             await self._wait(delay)
 
     async def _down(self, lost: BaseException) -> None:

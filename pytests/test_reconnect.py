@@ -13,11 +13,15 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
+import aiohttp
 import pytest
+from aiohttp import web
 
 from gateway.backoff import Backoff
 from gateway.reconnect import GaveUp, LinkKeeper, retry
 from pytests.helpers import async_wait_for, free_port
+from transports.loadsharing.auth import GroupAuth
+from transports.loadsharing.peer_client import PeerClient
 
 ROOT = Path(__file__).resolve().parent.parent
 TRANSPORTS = ROOT / "transports"
@@ -309,7 +313,7 @@ def test_gives_up_after_give_up_after(caplog: pytest.LogCaptureFixture) -> None:
             f"port {port}", logging.getLogger(LOG),
             backoff=Backoff(initial=0.02, maximum=0.05, give_up_after=0.3), lost=(OSError,),
             stopping=asyncio.Event())
-        with pytest.raises(GaveUp, match=r"gave up after 0.3 s") as raised:
+        with pytest.raises(GaveUp, match=r"gave up after 0\.3 s") as raised:
             await asyncio.wait_for(keeper.keep(
                 lambda: asyncio.open_connection("127.0.0.1", port),
                 lambda _: asyncio.sleep(0)), 20)
@@ -364,6 +368,86 @@ def test_an_unexpected_error_is_a_crash_not_an_outage() -> None:
         assert released == ["link"] and not keeper.failure.failing
 
     asyncio.run(main())
+
+
+def test_give_up_raises_what_the_caller_names() -> None:
+    """DeviceTransport's contract: it gives up with the PeerUnavailable kind it lost with."""
+    class Refused(ConnectionRefusedError):
+        pass
+
+    async def main() -> None:
+        async def open_link() -> None:
+            raise Refused("nobody there")
+
+        keeper: LinkKeeper[None] = LinkKeeper(
+            "nobody", logging.getLogger(LOG), lost=(OSError,),
+            backoff=Backoff(initial=0.01, maximum=0.02, give_up_after=0.1),
+            gave_up=lambda message, lost: type(lost)(message))
+        with pytest.raises(Refused, match=r"nobody: gave up after 0\.1 s: nobody there"):
+            await asyncio.wait_for(keeper.keep(open_link, lambda _: asyncio.sleep(0)), 10)
+
+    asyncio.run(main())
+
+
+# -- a load-sharing peer, followed through LinkKeeper ----------------------------------------
+class Member:
+    """An OpenEVSE-like member on loopback: ``/status``, and a ``/ws`` that sends one good
+    status frame a second."""
+
+    def __init__(self, port: int) -> None:
+        self.port = port
+        self.runner: web.AppRunner | None = None
+
+    async def start(self) -> None:
+        app = web.Application()
+        app.router.add_get("/status", self._status)
+        app.router.add_get("/ws", self._ws)
+        self.runner = web.AppRunner(app)
+        await self.runner.setup()
+        await web.TCPSite(self.runner, "127.0.0.1", self.port).start()
+
+    async def stop(self) -> None:
+        if self.runner is not None:
+            await self.runner.cleanup()
+            self.runner = None
+
+    async def _status(self, _: web.Request) -> web.Response:
+        return web.json_response({"amp": 0, "state": 1, "vehicle": 0})
+
+    async def _ws(self, request: web.Request) -> web.WebSocketResponse:
+        sock = web.WebSocketResponse()
+        await sock.prepare(request)
+        while not sock.closed:
+            await sock.send_str('{"amp": 1000}')
+            await asyncio.sleep(1.0)
+        return sock
+
+
+def test_peer_client_logs_an_outage_once_and_its_recovery_once(
+        caplog: pytest.LogCaptureFixture) -> None:
+    async def main() -> None:
+        port = free_port()
+        member = Member(port)
+        async with aiohttp.ClientSession() as session:
+            client = PeerClient(f"127.0.0.1:{port}", session, GroupAuth(),
+                                logging.getLogger(LOG), timeout=5,
+                                on_status=lambda *_: None, on_report=lambda _: None)
+            client.backoff.initial, client.backoff.maximum = 0.02, 0.1  # a quick test
+            client.start()
+            try:
+                await async_wait_for(lambda: client.failure.failures >= 4)  # refused
+                assert not client.connected
+                await member.start()
+                await async_wait_for(lambda: client.connected and client.counters["frames"] >= 3)
+                assert not client.failure.failing and client.backoff.failing_for == 0.0
+            finally:
+                await client.stop()
+                await member.stop()
+
+    with caplog.at_level(logging.DEBUG, LOG):
+        asyncio.run(main())
+    assert len(_lines(caplog, "failed:")) == 1
+    assert len(_lines(caplog, "recovered after")) == 1
 
 
 # -- retry --------------------------------------------------------------------------------------

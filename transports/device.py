@@ -50,7 +50,8 @@ class DeviceTransport(Transport[S]):
         self._keeper: LinkKeeper[Any] = LinkKeeper(
             self.peer_name(), ctx.log, backoff=self.backoff(), lost=(PeerUnavailable,),
             stopping=ctx.stopping, at_once_after=self.reconnect_at_once_after,
-            on_down=self._link_down, on_recovered=self._recovered, wait=self.wait_retry)
+            on_down=self._link_down, on_recovered=self._recovered, wait=self.wait_retry,
+            gave_up=lambda message, lost: type(lost)(message))  # still a PeerUnavailable
 
     # -- what a device transport gives ---------------------------------------------------
     async def open(self) -> Any:
