@@ -6,7 +6,9 @@ serve until the link is lost, wait a backoff, try again; log the first failure o
 recovery once (not every retry, SD cards and people agree); tell the bridge when the device
 becomes unavailable and available again (``status`` envelopes, once per change); give up after
 ``give_up_after`` if the transport asks for it (a crash: the supervisor's policy takes over).
-Written once here instead of once per transport. A transport gives:
+The loop itself is :class:`gateway.reconnect.LinkKeeper` (written once for every link, not
+only devices'); this class gives it a device's hooks: the counters and the ``status``
+envelopes. A transport gives:
 
 - ``open()``: the link, or :class:`PeerUnavailable` (nothing listening, port busy...);
 - ``serve(link)``: the device's life on that link; it calls ``await self.link_up(reason)``
@@ -21,11 +23,11 @@ Written once here instead of once per transport. A transport gives:
 from __future__ import annotations
 
 import asyncio
-import time
 from typing import Any, ClassVar, TypeVar
 
-from gateway.backoff import Backoff, FailureLog
+from gateway.backoff import Backoff
 from gateway.message import STATUS
+from gateway.reconnect import LinkKeeper
 from gateway.settings import TransportSettings
 from transports.base import Transport, TransportContext
 
@@ -45,8 +47,11 @@ class DeviceTransport(Transport[S]):
     def __init__(self, settings: S, ctx: TransportContext) -> None:
         super().__init__(settings, ctx)
         self._available: tuple[bool, str] | None = None
-        self._failure = FailureLog(ctx.log, self.peer_name())
-        self._backoff = self.backoff()
+        self._keeper: LinkKeeper[Any] = LinkKeeper(
+            self.peer_name(), ctx.log, backoff=self.backoff(), lost=(PeerUnavailable,),
+            stopping=ctx.stopping, at_once_after=self.reconnect_at_once_after,
+            on_down=self._link_down, on_recovered=self._recovered, wait=self.wait_retry,
+            gave_up=lambda message, lost: type(lost)(message))  # still a PeerUnavailable
 
     # -- what a device transport gives ---------------------------------------------------
     async def open(self) -> Any:
@@ -74,17 +79,16 @@ class DeviceTransport(Transport[S]):
         except TimeoutError:
             pass
 
-    # -- the loop, done once -------------------------------------------------------------
+    # -- the loop is gateway.reconnect's; what it tells this transport ------------------
     async def link_up(self, reason: str) -> None:
         """The device answers on this link: one recovery log, backoff reset, available."""
-        if self._failure.failing:
-            self._failure.recovered()
-            self.ctx.counters.recovered()
-        self._backoff.reset()
+        self._keeper.up()
         await self.announce(True, reason)
 
+    def _recovered(self) -> None:
+        self.ctx.counters.recovered()
+
     async def _link_down(self, reason: str) -> None:
-        self._failure.failed(reason)
         self.ctx.counters.error(reason)
         await self.announce(False, reason)
 
@@ -99,32 +103,4 @@ class DeviceTransport(Transport[S]):
                                 info=dict(self.device_info()))
 
     async def run(self) -> None:
-        stopping = self.ctx.stopping
-        while not stopping.is_set():
-            try:
-                link = await self.open()
-            except PeerUnavailable as exc:
-                lost = exc
-            else:
-                since = time.monotonic()
-                try:
-                    await self.serve(link)
-                    continue  # stopping, or the transport handed the link back: open again
-                except PeerUnavailable as exc:
-                    lost = exc
-                finally:
-                    await self.release(link)
-                if stopping.is_set():
-                    return
-                at_once = self.reconnect_at_once_after
-                if at_once is not None and time.monotonic() - since >= at_once:
-                    await self._link_down(str(lost))
-                    continue  # it lived long enough: no backoff for a single drop
-            if stopping.is_set():
-                return
-            await self._link_down(str(lost))
-            delay = self._backoff.next_delay()
-            if delay is None:
-                raise type(lost)(f"{self.peer_name()}: gave up after "
-                                 f"{self._backoff.give_up_after:g} s: {lost}") from lost
-            await self.wait_retry(delay)
+        await self._keeper.keep(self.open, self.serve, self.release)

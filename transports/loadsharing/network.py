@@ -25,6 +25,7 @@ import aiohttp
 
 from gateway.backoff import Backoff
 from gateway.instance import default_base_name, mdns_name, offset_port
+from gateway.reconnect import retry
 from transports.loadsharing import config_sync as cs
 from transports.loadsharing.auth import auth_from
 from transports.loadsharing.charger_driver import ChargerDriver
@@ -225,27 +226,30 @@ class NetworkNode(RestService):
             self.spawn(self._push(host, cfg))
 
     async def _push(self, host: str, cfg: cs.GroupConfig) -> None:
-        assert self.session is not None
+        """``POST /config`` to ``host``, tried ``PUSH_ATTEMPTS`` times (a peer that stays away
+        fetches the winner itself when it sees our version), until it is taken, refused for
+        good, or no longer needed (a newer configuration, or the peer already shows it)."""
+        session = self.session
+        assert session is not None
         body = json.dumps(cfg.wire(self.device_id)).encode()
-        backoff = Backoff(initial=0.5, maximum=8.0)
-        for _ in range(PUSH_ATTEMPTS):
+
+        async def attempt() -> bool | None:
             if self.group is not cfg or self.peer_sync.get(host, {}).get(cs.HASH) == cfg.hash:
-                return
-            try:
-                headers = {"Content-Type": "application/json",
-                           **self.auth.sign_request("POST", "/config", body)}
-                async with self.session.post(f"http://{host}/config", data=body, headers=headers,
-                                             timeout=aiohttp.ClientTimeout(total=5)) as resp:
-                    self.counters["pushes"] += 1
-                    if resp.status in (200, 409):
-                        return  # taken, or the peer holds a winner we will fetch
-                    self.log.info("config push to %s: %s %s", host, resp.status,
-                                  (await resp.text())[:200])
-                    if resp.status in (400, 401, 403):
-                        return
-            except (OSError, aiohttp.ClientError, TimeoutError) as exc:
-                self.log.debug("config push to %s failed: %s", host, exc)
-            await asyncio.sleep(backoff.next_delay() or 8.0)
+                return True
+            headers = {"Content-Type": "application/json",
+                       **self.auth.sign_request("POST", "/config", body)}
+            async with session.post(f"http://{host}/config", data=body, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=5)) as resp:
+                self.counters["pushes"] += 1
+                if resp.status in (200, 409):
+                    return True  # taken, or the peer holds a winner we will fetch
+                self.log.info("config push to %s: %s %s", host, resp.status,
+                              (await resp.text())[:200])
+                return True if resp.status in (400, 401, 403) else None
+
+        await retry(attempt, attempts=PUSH_ATTEMPTS, backoff=Backoff(initial=0.5, maximum=8.0),
+                    retry_on=(OSError, aiohttp.ClientError, TimeoutError), log=self.log,
+                    what=f"config push to {host}")
 
     def join_openevse(self, push: dict[str, Any], controller: str) -> tuple[int, dict[str, Any]]:
         """An OpenEVSE controller's push: become its member (``runtime_role.py``), if alone."""
@@ -276,20 +280,21 @@ class NetworkNode(RestService):
     async def post_to(self, host: str, path: str, payload: dict[str, Any],
                       attempts: int = 3) -> int | None:
         """A signed POST to a peer (reciprocal add, removal notice); its status or None."""
-        assert self.session is not None
+        session = self.session
+        assert session is not None
         body = json.dumps(payload).encode()
-        for attempt in range(attempts):
-            try:
-                headers = {"Content-Type": "application/json",
-                           **self.auth.sign_request("POST", path, body)}
-                async with self.session.post(f"http://{host}{path}", data=body, headers=headers,
-                                             timeout=aiohttp.ClientTimeout(total=3)) as resp:
-                    return resp.status
-            except (OSError, aiohttp.ClientError, TimeoutError) as exc:
-                self.log.debug("POST %s%s failed: %s", host, path, exc)
-            if attempt + 1 < attempts:
-                await asyncio.sleep(0.5 * 2 ** attempt)
-        return None
+
+        async def attempt() -> int:
+            headers = {"Content-Type": "application/json",
+                       **self.auth.sign_request("POST", path, body)}
+            async with session.post(f"http://{host}{path}", data=body, headers=headers,
+                                    timeout=aiohttp.ClientTimeout(total=3)) as resp:
+                return resp.status
+
+        return await retry(attempt, attempts=attempts,
+                           backoff=Backoff(initial=0.5, maximum=0.5 * 2 ** attempts),
+                           retry_on=(OSError, aiohttp.ClientError, TimeoutError), log=self.log,
+                           what=f"POST {host}{path}")
 
     # -- the node's own status ----------------------------------------------------------------
     def status(self, with_report: bool = True) -> dict[str, Any]:

@@ -38,6 +38,8 @@ from typing import Any
 
 import aiohttp
 
+from gateway.backoff import Backoff
+from gateway.reconnect import LinkKeeper, retry
 from transports.loadsharing import allocation as al
 from transports.loadsharing.openevse_plan import GroupSettings, MemberLink, Plan, plan
 
@@ -184,28 +186,25 @@ class OpenEvseController:
 
     # -- status ingestion ---------------------------------------------------------------------
     async def _follow(self, link: MemberLink) -> None:
-        """Bootstrap with ``GET /status``, then ``/ws``; back off 1, 2, 4 ... 60 s on failure."""
-        delay = 1.0
-        failed = False
-        while True:
-            try:
-                await self._session_once(link)
-                delay = 1.0  # a socket that went silent is reopened at once
-            except (aiohttp.ClientError, TimeoutError, OSError, ValueError) as exc:
-                if not failed:
-                    self.log.warning("member %s unreachable: %s", link.host, exc or type(exc))
-                failed = True
-                await asyncio.sleep(delay)
-                delay = min(60.0, delay * 2)
-                continue
-            finally:
-                link.ws = None
-                self._wake.set()
-            if failed:
-                self.log.info("member %s reachable again", link.host)
-                failed = False
+        """Bootstrap with ``GET /status``, then ``/ws``; back off 1, 2, 4 ... 60 s on failure,
+        reopen at once a socket that went silent (the loop is :class:`LinkKeeper`'s)."""
+        keeper: LinkKeeper[MemberLink] = LinkKeeper(
+            f"member {link.host}", self.log, backoff=Backoff(initial=1.0, maximum=60.0),
+            lost=(aiohttp.ClientError, TimeoutError, OSError, ValueError))
 
-    async def _session_once(self, link: MemberLink) -> None:
+        async def open_link() -> MemberLink:
+            return link  # the session opens its own connections
+
+        async def serve(link: MemberLink) -> None:
+            await self._session_once(link, keeper)
+
+        async def release(link: MemberLink) -> None:
+            link.ws = None
+            self._wake.set()
+
+        await keeper.keep(open_link, serve, release)
+
+    async def _session_once(self, link: MemberLink, keeper: LinkKeeper[MemberLink]) -> None:
         s = self.settings
         timeout = aiohttp.ClientTimeout(total=min(10.0, s.heartbeat_timeout))
         if not link.identity:
@@ -219,6 +218,7 @@ class OpenEvseController:
                                            ) as ws:
             link.ws = ws
             link.last_text = time.monotonic()
+            keeper.up()  # it answered /status and took the socket: reachable (again)
             if link.pushed_version != self.version:
                 self.spawn(self._push(link))
             self._wake.set()
@@ -250,21 +250,27 @@ class OpenEvseController:
                         self._wake.set()
 
     async def _push(self, link: MemberLink) -> None:
-        """``POST /config`` with the group keys every ``push_retry`` s until a 200."""
+        """``POST /config`` with the group keys every ``push_retry`` s until a 200 (or the
+        member left, or a newer version is to be pushed instead)."""
         version = self.version
         body = self.settings.push_body(self.own_host)
-        while link.host in self.links and version == self.version:
-            try:
-                async with self.session.post(f"http://{link.host}/config", json=body) as r:
-                    if r.status == 200:
-                        link.pushed_version, link.joined = version, True
-                        self.log.info("member %s joined (config pushed)", link.host)
-                        self._wake.set()
-                        return
-                    self.log.debug("push to %s: %s %s", link.host, r.status, await r.text())
-            except (aiohttp.ClientError, TimeoutError) as exc:
-                self.log.debug("push to %s: %s", link.host, exc)
-            await asyncio.sleep(self.settings.push_retry)
+
+        async def attempt() -> bool | None:
+            if link.host not in self.links or version != self.version:
+                return False  # no longer wanted
+            async with self.session.post(f"http://{link.host}/config", json=body) as r:
+                if r.status == 200:
+                    link.pushed_version, link.joined = version, True
+                    self.log.info("member %s joined (config pushed)", link.host)
+                    self._wake.set()
+                    return True
+                self.log.debug("push to %s: %s %s", link.host, r.status, await r.text())
+            return None
+
+        every = self.settings.push_retry
+        await retry(attempt, attempts=None, backoff=Backoff(initial=every, maximum=every),
+                    retry_on=(aiohttp.ClientError, TimeoutError), log=self.log,
+                    what=f"push to {link.host}")
 
     # -- allocation and frames ----------------------------------------------------------------
     async def _allocator(self) -> None:

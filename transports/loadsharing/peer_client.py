@@ -30,6 +30,7 @@ from websockets.asyncio.client import connect
 from websockets.exceptions import ConnectionClosed, InvalidHandshake, PayloadTooBig
 
 from gateway.backoff import Backoff, FailureLog
+from gateway.reconnect import LinkKeeper
 from transports.loadsharing.auth import GroupAuth
 from transports.loadsharing.http_api import TokenBucket
 from transports.loadsharing.messages import MessageError, Report, decode
@@ -41,6 +42,9 @@ FLOOD_CUT = 200  # frames dropped in a row before the socket is closed
 BOOTSTRAP_TIMEOUT = 10.0
 PING_INTERVAL = 15.0
 MAX_AMPS = 80.0  # what a single-phase J1772 charger can offer; beyond is impossible
+#: what ends one attempt (and is retried after the backoff); anything else is a bug
+LOST = (OSError, aiohttp.ClientError, InvalidHandshake, ConnectionClosed, TimeoutError,
+        ValueError)
 #: /status keys that are amps (A) and must be sane; ``amp`` is mA on the OpenEVSE wire
 AMP_KEYS = ("pilot", "max_current", "min_current", "loadsharing_min_current",
             "loadsharing_max_current")
@@ -102,7 +106,9 @@ class PeerClient:
         self.connected = False
         self.counters = {"frames": 0, "reports": 0, "bad": 0, "flood": 0, "oversize": 0}
         self.backoff = Backoff(initial=1.0, maximum=60.0)
-        self.failure = FailureLog(log, f"peer {host}")
+        self.keeper: LinkKeeper[None] = LinkKeeper(f"peer {host}", log, backoff=self.backoff,
+                                                   lost=LOST, on_down=self._down)
+        self.failure = self.keeper.failure
         self._bad = FailureLog(log, f"peer {host} messages")
         self._bucket = TokenBucket(RATE, BURST)
         self._dropped_in_row = 0
@@ -120,18 +126,15 @@ class PeerClient:
                 pass
 
     async def run(self) -> None:
-        while True:
-            try:
-                await self._bootstrap()
-                await self._follow()
-                reason: object = "connection closed"
-            except (OSError, aiohttp.ClientError, InvalidHandshake, ConnectionClosed,
-                    TimeoutError, ValueError) as exc:
-                reason = exc if str(exc) else type(exc).__name__
-            self.connected = False
-            self.failure.failed(reason)
-            delay = self.backoff.next_delay() or 60.0
-            await asyncio.sleep(delay)
+        """Bootstrap and follow until cancelled; the loop is :class:`LinkKeeper`'s."""
+        await self.keeper.keep(self._bootstrap, self._serve)
+
+    async def _serve(self, _: None) -> None:
+        await self._follow()
+        raise ConnectionError("connection closed")
+
+    async def _down(self, _: str) -> None:
+        self.connected = False
 
     async def _bootstrap(self) -> None:
         url = f"http://{self.host}/status"
@@ -168,8 +171,7 @@ class PeerClient:
                     continue
                 if self.ingest(message):
                     quiet_since = time.monotonic()
-                    self.backoff.reset()
-                    self.failure.recovered()
+                    self.keeper.up()  # the recovery: a good message, not a mere connect
 
     def _flooding(self) -> bool:
         if self._bucket.take():

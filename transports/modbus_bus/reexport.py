@@ -24,6 +24,8 @@ from pymodbus.constants import ExcCodes
 from pymodbus.server import ModbusTcpServer
 from pymodbus.simulator import DataType, SimData, SimDevice
 
+from gateway.backoff import Backoff
+from gateway.reconnect import retry
 from protocols.registers import BIT_TABLES, TABLES, RegisterMap
 from protocols.sunspec import BASES
 
@@ -145,20 +147,23 @@ class ReexportServer:
                                  address=(self.host, self.port))
         self._server = server
         self._task = asyncio.create_task(server.serve_forever())
-        for _ in range(200):  # until it accepts (or the task failed: port in use)
-            if self._task.done():
-                self._task.result()
-                raise OSError(f"cannot listen on {self.host}:{self.port}")
-            try:
-                _, writer = await asyncio.open_connection(self.host, self.port)
-            except OSError:
-                await asyncio.sleep(0.02)
-                continue
+        task = self._task
+
+        async def accepts() -> bool | None:
+            if task.done():
+                return False  # the server stopped: no use trying
+            _, writer = await asyncio.open_connection(self.host, self.port)
             writer.close()
             with contextlib.suppress(OSError):
                 await writer.wait_closed()
-            return
-        raise OSError(f"cannot listen on {self.host}:{self.port}")
+            return True
+
+        # until it accepts (or the task failed: port in use), for 4 s at most
+        if not await retry(accepts, attempts=200, backoff=Backoff(0.02, 0.02),
+                           retry_on=(OSError,)):
+            if task.done():
+                task.result()
+            raise OSError(f"cannot listen on {self.host}:{self.port}")
 
     async def stop(self) -> None:
         if self._server is not None:
