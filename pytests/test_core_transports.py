@@ -122,7 +122,7 @@ class SlowDevice(Transport[TransportSettings]):
     async def receive(self, envelope: Envelope) -> None:
         await asyncio.Event().wait()
 
-    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]]:
+    def describe(self, device: str = "") -> list[tuple[dict[str, str], list[ValueSpec]]]:
         return [({"device_identifier": "slow"}, [ValueSpec("level", writable=True)])]
 
 

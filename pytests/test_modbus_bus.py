@@ -258,6 +258,16 @@ def test_writes_to_one_device_while_the_others_are_polled(link: str, tmp_path: P
         described = [e for e in h.of_kind("event") if e.data.get("event") == "describe"
                      and e.target_transport == "mqtt_out"]
         assert [e.source_transport_info["device"] for e in described] == ["meter2"]
+        reply = await command("d2", command="describe", device="meter9")
+        assert not reply["ok"] and reply["result"] == "rejected", reply
+        assert "no device 'meter9' on this bus (devices: inverter, meter1, meter2)" in \
+            reply["detail"]
+        reply = await command("d3", command="describe")  # no device: the whole bus
+        assert reply["ok"]
+        described = [e for e in h.of_kind("event") if e.data.get("event") == "describe"
+                     and e.target_transport == "mqtt_out"]
+        assert sorted(e.source_transport_info["device"] for e in described[1:]) == [
+            "inverter", "meter1", "meter2"]
 
     run_bus(link, tmp_path, body)
 

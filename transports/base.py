@@ -221,11 +221,13 @@ class Transport(ABC, Generic[S]):
         for envelope in envelopes:
             await self.receive(envelope)
 
-    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]] | None:
+    def describe(self, device: str = "") -> list[tuple[dict[str, str], list[ValueSpec]]] | None:
         """What this transport's devices report: ``(source_transport_info, specs)`` per device.
 
         The runner answers a ``describe`` command with one ``describe`` event per device and a
         ``command_result``; None (the default) hands the command to ``receive`` instead.
+        ``device``: the command's ``device`` ("" when it names none); a transport of several
+        devices answers for that one, or raises :class:`UnknownDevice` saying which it has.
         """
         return None
 
@@ -233,12 +235,20 @@ class Transport(ABC, Generic[S]):
         """Flush and release. Outputs deliver (or persist) what they hold before returning."""
 
 
+class UnknownDevice(Exception):
+    """A command names a device this transport does not have (the message says which it has)."""
+
+
 def describe_answer(transport: Transport[Any], command: Envelope
                     ) -> list[tuple[str, dict[str, Any], dict[str, str]]] | None:
     """What answers a ``describe`` command, from ``transport.describe()``: one ``describe``
     event per device, then the ``command_result``, as (kind, data, info); None when the
     transport does not describe itself (the command goes to its ``receive``)."""
-    devices = transport.describe()
+    try:
+        devices = transport.describe(str(command.data.get("device", "") or ""))
+    except UnknownDevice as exc:
+        transport.ctx.counters.error(f"command rejected: {exc}")
+        return [(EVENT, command_result(command.data, False, "rejected", str(exc)), {})]
     if devices is None:
         return None
     out = [(EVENT, describe_event(specs), dict(info)) for info, specs in devices]

@@ -103,7 +103,7 @@ class QLinkTransport(QLinkCommands, DeviceTransport[QLinkSettings]):
     def device_info(self) -> dict[str, str]:
         return self.info
 
-    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]]:
+    def describe(self, device: str = "") -> list[tuple[dict[str, str], list[ValueSpec]]]:
         return [(dict(self.info), self.dir.specs())]
 
     async def wait_retry(self, seconds: float) -> None:

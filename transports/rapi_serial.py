@@ -106,7 +106,7 @@ class RapiSerialTransport(DeviceTransport[RapiSerialSettings]):
     def device_info(self) -> dict[str, str]:
         return self.info
 
-    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]]:
+    def describe(self, device: str = "") -> list[tuple[dict[str, str], list[ValueSpec]]]:
         return [(dict(self.info), value_specs(self.snapshot.current_range))]
 
     async def close(self) -> None:

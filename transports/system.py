@@ -119,7 +119,7 @@ class SystemInput(Transport[SystemSettings]):
             next_at += self.settings.read_interval
             await asyncio.sleep(max(0.0, next_at - time.monotonic()))
 
-    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]]:
+    def describe(self, device: str = "") -> list[tuple[dict[str, str], list[ValueSpec]]]:
         return [(self.info(), list(SPECS))]
 
     async def receive(self, envelope: Envelope) -> None:

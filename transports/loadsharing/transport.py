@@ -227,7 +227,7 @@ class LoadSharing(Transport[LoadSharingSettings]):
         self.node.receive(report)
 
     # -- the charger section's messages ---------------------------------------------------------
-    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]]:
+    def describe(self, device: str = "") -> list[tuple[dict[str, str], list[ValueSpec]]]:
         """The node as one device (the runner answers ``describe`` commands from this)."""
         return [(self.device_info(), _specs())]
 

@@ -12,7 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from gateway.message import EVENT, Envelope, command_result, describe_event
+from gateway.message import EVENT, Envelope, command_result
 from protocols.read_plan import ReadRequest
 from protocols.registers import RegisterValue, Value, WriteRejected
 from transports.base import TransportContext
@@ -66,21 +66,24 @@ class BusCommands:
     def pending(self) -> bool:
         return not self.queue.empty()
 
-    def _select(self, data: dict[str, Any]) -> list[Member] | str:
-        """The members a command is for, or why none."""
-        if "device" not in data:
-            if len(self.members) == 1:
-                return list(self.members.values())
-            return list(self.members.values()) if data.get("command") == "describe" else (
-                f"this bus has devices {', '.join(self.members)}: name one with 'device'")
-        wanted = str(data["device"]).lower()
+    def select(self, device: str) -> Member | str:
+        """The member ``device`` names (its name, unit or serial), or why none does."""
+        wanted = device.lower()
         for m in self.members.values():
             if wanted in m.names(self.ctx.name):
-                return [m]
+                return m
         only = next(iter(self.members.values()))
         if only.sole:
-            return f"no device {data['device']!r} here (this is unit {only.unit}, {self.ctx.name})"
-        return f"no device {data['device']!r} on this bus (devices: {', '.join(self.members)})"
+            return f"no device {device!r} here (this is unit {only.unit}, {self.ctx.name})"
+        return f"no device {device!r} on this bus (devices: {', '.join(self.members)})"
+
+    def _select(self, data: dict[str, Any]) -> Member | str:
+        """The member a command is for, or why none."""
+        if "device" not in data:
+            if len(self.members) == 1:
+                return next(iter(self.members.values()))
+            return f"this bus has devices {', '.join(self.members)}: name one with 'device'"
+        return self.select(str(data["device"]))
 
     async def receive(self, envelope: Envelope) -> None:
         data = envelope.data if isinstance(envelope.data, dict) else {}
@@ -90,16 +93,11 @@ class BusCommands:
         if isinstance(chosen, str):
             self.ctx.counters.error(f"command rejected: {chosen}")
             await self._result(reply_to, data, None, "rejected", chosen)
-        elif command == "describe":
-            for m in chosen:
-                await self.ctx.emit(EVENT, describe_event(m.device.specs()), target=reply_to,
-                                    info=m.info(self.ctx.name))
-            await self._result(reply_to, data, chosen[0], "ok")
         elif command == "write":
-            await self._accept_write(reply_to, data, chosen[0])
+            await self._accept_write(reply_to, data, chosen)
         else:
             self.ctx.counters.error(f"unsupported command {command!r}")
-            await self._result(reply_to, data, chosen[0], "unsupported",
+            await self._result(reply_to, data, chosen, "unsupported",
                                f"unknown command {command!r}; known: write, describe")
 
     async def _accept_write(self, reply_to: str, data: dict[str, Any], m: Member) -> None:

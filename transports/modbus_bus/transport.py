@@ -41,7 +41,7 @@ from gateway.message import (
 from protocols.read_plan import ReadRequest
 from protocols.registers import RegisterValue, Value
 from transports import register
-from transports.base import TransportContext
+from transports.base import TransportContext, UnknownDevice
 from transports.device import DeviceTransport, PeerUnavailable
 from transports.modbus.link import (
     Disconnected,
@@ -158,12 +158,15 @@ class ModbusBusTransport(DeviceTransport[AnySettings]):
     async def receive(self, envelope: Envelope) -> None:
         await self.commands.receive(envelope)
 
-    def describe(self) -> list[tuple[dict[str, str], list[ValueSpec]]] | None:
-        """A ``modbus_tcp``/``modbus_rtu`` device is described by the runner; a bus's
-        ``describe`` may name one device, so its commands answer it (BusCommands)."""
-        if not isinstance(self.settings, ModbusSettings):
-            return None
-        return [(m.info(self.ctx.name), m.device.specs()) for m in self.members.values()]
+    def describe(self, device: str = "") -> list[tuple[dict[str, str], list[ValueSpec]]]:
+        """Every device of the bus, or the one ``device`` names (by name, unit or serial)."""
+        members = list(self.members.values())
+        if device:
+            chosen = self.commands.select(device)
+            if isinstance(chosen, str):
+                raise UnknownDevice(chosen)
+            members = [chosen]
+        return [(m.info(self.ctx.name), m.device.specs()) for m in members]
 
     # ------------------------------------------------------------------ life
     async def connect(self) -> None:
