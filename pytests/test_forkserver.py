@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.forkserver import ForkServer, ForkServerError
-from pytests.gateway_proc import GatewayProcess, children_of
+from pytests.gateway_proc import GatewayProcess, children_of, cmdline, descendants
 from pytests.helpers import wait_for
 
 TARGET = "pytests.test_forkserver:child"
@@ -79,27 +79,9 @@ def test_a_dead_server_is_an_error_and_its_children_report_killed(server: ForkSe
         start(server, "ok")
 
 
-def descendants(pid: int) -> dict[int, str]:
+def descendants_of(pid: int) -> dict[int, str]:
     """pid -> command line of every process below ``pid``."""
-    children: dict[int, list[int]] = {}
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                ppid = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
-            except (OSError, IndexError):
-                continue
-            children.setdefault(ppid, []).append(int(entry.name))
-    found: dict[int, str] = {}
-    todo = list(children.get(pid, []))
-    while todo:
-        p = todo.pop()
-        try:
-            found[p] = (Path(f"/proc/{p}/cmdline").read_bytes().replace(b"\0", b" ")
-                        .decode(errors="replace"))
-        except OSError:
-            continue
-        todo += children.get(p, [])
-    return found
+    return {p: cmdline(p) for p in descendants(pid)[1:]}
 
 
 def test_the_gateway_survives_its_fork_server_killed(tmp_path: Path) -> None:
@@ -113,7 +95,7 @@ def test_the_gateway_survives_its_fork_server_killed(tmp_path: Path) -> None:
     try:
         table = gw.wait_all_running(timeout=60)
         first_pids = {n: t["pid"] for n, t in table.items()}
-        procs = descendants(gw.pid)
+        procs = descendants_of(gw.pid)
         servers = [p for p in children_of(gw.pid) if "gateway.forkserver" in procs[p]]
         assert len(servers) == 1, procs
         assert not [c for c in procs.values() if "resource_tracker" in c], procs
@@ -126,7 +108,7 @@ def test_the_gateway_survives_its_fork_server_killed(tmp_path: Path) -> None:
                 for n, t in now.items())
 
         wait_for(back, timeout=60)
-        procs = descendants(gw.pid)
+        procs = descendants_of(gw.pid)
         new_servers = [p for p in children_of(gw.pid) if "gateway.forkserver" in procs[p]]
         assert len(new_servers) == 1 and new_servers[0] != servers[0], procs
         assert not [c for c in procs.values() if "resource_tracker" in c], procs
