@@ -41,7 +41,6 @@ from gateway import channel
 from gateway.config import GatewayConfig, TransportConfig, read_ini
 from gateway.forkserver import ForkedChild, ForkServer, ForkServerError
 from gateway.policy import Failed, History, Restart, RestartPolicy, decide
-from gateway.runner import child_main
 
 CHILD_TARGET = "gateway.runner:child_from_fds"  # what the fork server runs in a child
 
@@ -174,6 +173,8 @@ class Supervisor:
         if self.forkserver is not None:
             process = self._fork(slot, [up_w.fileno(), ctl_w.fileno(), down_r.fileno()])
         else:
+            from gateway.runner import child_main  # spawn/fork only: ~1 MB the server spares
+
             process = self.ctx.Process(
                 target=child_main, name=f"pgw-{slot.name}",
                 args=(slot.config, self.general, channel.ChildEnds(up_w, ctl_w, down_r)),

@@ -119,3 +119,28 @@ def test_the_gateway_survives_its_fork_server_killed(tmp_path: Path) -> None:
         assert gw.log_text().count("starting a new one") == 1
     finally:
         gw.stop()
+
+
+@pytest.mark.parametrize("method", ["spawn", "fork"])
+def test_multiprocessing_start_methods_still_run_and_restart(tmp_path: Path,
+                                                             method: str) -> None:
+    """``start_method = spawn | fork`` bypass the fork server: multiprocessing's own, with
+    the same restart on a kill -9."""
+    out = tmp_path / "out.jsonl"
+    gw = GatewayProcess(tmp_path, "[clock]\ntransport = system\nread_interval = 0.5\n"
+                        "bridge = out\n\n"
+                        f"[out]\ntransport = jsonl_out\npath = {out}\n",
+                        f"start_method = {method}")
+    try:
+        table = gw.wait_all_running(timeout=60)
+        procs = descendants_of(gw.pid)
+        assert not [c for c in procs.values() if "gateway.forkserver" in c], procs
+        first = table["clock"]["pid"]
+        os.kill(first, signal.SIGKILL)
+        wait_for(lambda: (t := gw.try_transports()) and t["clock"]["state"] == "running"
+                 and t["clock"]["pid"] not in (None, first), timeout=60)
+        wait_for(out.exists, timeout=30)
+        seen = len(out.read_text().splitlines())
+        wait_for(lambda: len(out.read_text().splitlines()) > seen, timeout=30)
+    finally:
+        assert gw.stop() == 0
