@@ -94,15 +94,22 @@ class ControlLine:
             self._thread.join(timeout)
 
 
+Chunk = tuple[str, list[channel.Row]]  # (target, rows for it)
+
+
 class Outbox:
     """Envelopes waiting to go up the pipe, sent in batches by a thread of their own.
 
     The event loop never blocks on a pipe write: ``put`` appends under a lock; the sender
     thread takes whatever has accumulated (natural batching: one envelope when idle, hundreds
-    under load) and writes one frame per target. Bounded by ``capacity``; when full, the
-    ``block`` policy makes ``emit`` wait (backpressure), ``drop_oldest`` drops and counts.
-    ``urgent`` puts (command results, commands inside their window) never wait and never
-    drop: they are bounded by the command windows instead (gateway/commands.py).
+    under load) and writes one frame per target. Bounded by ``capacity`` (envelopes); when
+    full, the ``block`` policy makes ``emit`` wait (backpressure), ``drop_oldest`` drops and
+    counts. ``urgent`` puts (command results, commands inside their window) never wait and
+    never drop: they are bounded by the command windows instead (gateway/commands.py).
+
+    Held as chunks, one per put (a target and its rows), not one entry per envelope: a scan's
+    hundreds of readings are queued, taken and framed with list operations, no Python step per
+    envelope (the sources' share of the bridge's CPU, bench/bridge.py).
     """
 
     def __init__(self, conn: Connection | None, capacity: int, policy: str,
@@ -112,7 +119,8 @@ class Outbox:
         self.capacity = capacity
         self.policy = policy
         self.log = log
-        self.items: deque[tuple[str, channel.Row]] = deque()
+        self.chunks: deque[Chunk] = deque()
+        self.count = 0  # envelopes in ``chunks``
         self.cond = threading.Condition()
         self.closed = False
         self.drops = DropLog(log, "bridge full (queue_full_policy = drop_oldest), oldest "
@@ -127,57 +135,100 @@ class Outbox:
     def dropped(self) -> int:
         return self.drops.total
 
+    @property
+    def items(self) -> list[tuple[str, channel.Row]]:
+        """What waits, one (target, row) per envelope, oldest first (tests, introspection)."""
+        with self.cond:
+            return [(target, row) for target, rows in self.chunks for row in rows]
+
     def has_room(self) -> bool:
-        return len(self.items) < self.capacity
+        return self.count < self.capacity
+
+    def _drop_oldest(self, n: int) -> None:
+        """Under the lock: drop the ``n`` oldest envelopes (counted and logged)."""
+        dropped = 0
+        while n > dropped and self.chunks:
+            target, rows = self.chunks[0]
+            take = min(n - dropped, len(rows))
+            if take == len(rows):
+                self.chunks.popleft()
+            else:
+                self.chunks[0] = (target, rows[take:])
+            dropped += take
+        self.count -= dropped
+        self.drops.dropped(dropped)
 
     def put(self, target: str, envelope: Envelope, urgent: bool = False) -> bool:
         """Queue one envelope; False when full under the block policy (caller waits)."""
         with self.cond:
-            if len(self.items) >= self.capacity and not urgent:
+            if self.count >= self.capacity and not urgent:
                 if self.policy != "drop_oldest":
                     return False
-                self.items.popleft()
-                self.drops.dropped(1)
-            self.items.append((target, channel.row(envelope)))
+                self._drop_oldest(1)
+            self.chunks.append((target, [channel.row(envelope)]))
+            self.count += 1
             self.cond.notify()
         return True
 
-    def put_many(self, items: list[tuple[str, channel.Row]]) -> int:
-        """Queue as many of ``items`` (rows) as fit (all under drop_oldest); returns how many."""
+    def put_many(self, chunks: list[Chunk]) -> list[Chunk]:
+        """Queue the rows of ``chunks`` that fit (all under drop_oldest, dropping the oldest
+        queued ones); returns what did not fit, for the caller to put again after a wait."""
         with self.cond:
-            room = self.capacity - len(self.items)
-            if self.policy != "drop_oldest":
-                items = items[:max(room, 0)]
-            else:
-                dropped = 0
-                for _ in range(max(len(items) - room, 0)):
-                    if self.items:
-                        self.items.popleft()
-                        dropped += 1
-                self.drops.dropped(dropped)
-            self.items.extend(items)
+            left: list[Chunk] = []
+            if self.policy == "drop_oldest":
+                wanted = sum(len(rows) for _, rows in chunks)
+                self._drop_oldest(max(self.count + wanted - self.capacity, 0))
+            for target, rows in chunks:
+                room = len(rows) if self.policy == "drop_oldest" else \
+                    max(self.capacity - self.count, 0)
+                if left or room == 0:
+                    left.append((target, rows))
+                    continue
+                fits = rows[:room] if room < len(rows) else rows
+                if room < len(rows):
+                    left.append((target, rows[room:]))
+                self.chunks.append((target, fits))
+                self.count += len(fits)
             self.cond.notify()
-        return len(items)
+        return left
+
+    def _take(self) -> dict[str, list[channel.Row]]:
+        """Under the lock: up to ``batch_max`` of the oldest envelopes, by target."""
+        by_target: dict[str, list[channel.Row]] = {}
+        taken = 0
+        while self.chunks and taken < self.batch_max:
+            target, rows = self.chunks[0]
+            room = self.batch_max - taken
+            if len(rows) <= room:
+                self.chunks.popleft()
+                part = rows
+            else:
+                self.chunks[0] = (target, rows[room:])
+                part = rows[:room]
+            if target in by_target:
+                by_target[target].extend(part)
+            else:
+                by_target[target] = list(part)
+            taken += len(part)
+        self.count -= taken
+        return by_target
 
     def _send_loop(self) -> None:
         assert self.conn is not None
         while True:
             with self.cond:
-                while not self.items and not self.closed:
+                while not self.chunks and not self.closed:
                     self.cond.wait()
-                if self.closed and not self.items:
+                if self.closed and not self.chunks:
                     return
-                batch = [self.items.popleft() for _ in range(min(self.batch_max, len(self.items)))]
-            by_target: dict[str, list[channel.Row]] = {}
-            for target, item in batch:
-                by_target.setdefault(target, []).append(item)
+                by_target = self._take()
             try:
-                for target, envs in by_target.items():
-                    self.conn.send_bytes(channel.envelope_frame(target, envs))
+                for target, rows in by_target.items():
+                    self.conn.send_bytes(channel.envelope_frame(target, rows))
             except OSError:
                 self.broken = True  # the supervisor is gone; the parent watch ends us
                 return
-            self.sent += len(batch)
+            self.sent += sum(len(rows) for rows in by_target.values())
 
     def close(self, timeout: float) -> None:
         """Send what is queued (up to ``timeout``), then stop the thread."""

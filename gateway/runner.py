@@ -94,14 +94,16 @@ class TransportHost:
                 await self._emit(Envelope(*item))
             return
         if all(item[3] is None for item in rows):
-            items = [(name, item) for item in rows for name in self.targets]
+            chunks = [(name, rows) for name in self.targets]  # one list, shared: never mutated
         else:
-            items = [(name, item) for item in rows
-                     for name in self._targets(Envelope(*item))]
-        while items:
-            done = self.outbox.put_many(items)
-            items = items[done:]
-            if items:
+            by_target: dict[str, list[channel.Row]] = {}
+            for item in rows:
+                for name in self._targets(Envelope(*item)):
+                    by_target.setdefault(name, []).append(item)
+            chunks = list(by_target.items())
+        while chunks:
+            chunks = self.outbox.put_many(chunks)
+            if chunks:
                 await asyncio.sleep(0.005)  # backpressure: the bridge is full
 
     # -- commands ------------------------------------------------------------------------

@@ -6,10 +6,13 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
+import pickle
+from multiprocessing import Pipe
 from pathlib import Path
 from typing import Any
 
 import transports
+from gateway import channel
 from gateway.channel import row
 from gateway.commands import CommandWindow
 from gateway.config import TransportConfig
@@ -61,7 +64,7 @@ def test_outbox_drop_warnings_are_throttled(caplog: Any) -> None:
     outbox = Outbox(None, capacity=10, policy="drop_oldest", log=logging.getLogger("t"))
     with caplog.at_level(logging.WARNING, logger="t"):
         for n in range(100):
-            outbox.put_many([("out", row(envelope(n * 5 + k))) for k in range(5)])
+            outbox.put_many([("out", [row(envelope(n * 5 + k)) for k in range(5)])])
     assert outbox.dropped == 490
     drops = [r for r in caplog.records if "dropped" in r.getMessage()]
     assert len(drops) == 1, [r.getMessage() for r in drops]  # the first; a summary in 60 s
@@ -73,6 +76,39 @@ def test_urgent_put_passes_a_full_outbox_under_block() -> None:
     assert not outbox.put("out", envelope(3))
     assert outbox.put("out", envelope(4), urgent=True)  # a command result never waits
     assert len(outbox.items) == 3 and outbox.dropped == 0
+
+
+def test_outbox_block_policy_takes_what_fits_and_hands_back_the_rest() -> None:
+    outbox = Outbox(None, capacity=7, policy="block", log=logging.getLogger("t"))
+    rows = [row(envelope(n)) for n in range(10)]
+    left = outbox.put_many([("a", rows[:5]), ("b", rows[5:])])
+    assert left == [("b", rows[7:])] and outbox.count == 7
+    assert [(t, r[6]) for t, r in outbox.items] == [("a", n) for n in range(5)] + [
+        ("b", 5), ("b", 6)]
+    assert outbox.put_many(left) == left  # still full: nothing taken, nothing dropped
+    assert outbox.dropped == 0
+
+
+def test_outbox_sends_in_order_by_target_at_most_batch_max_a_frame() -> None:
+    """Through a real pipe: frames of at most ``batch_max`` envelopes, one per target, every
+    envelope once and in its order."""
+    reader, writer = Pipe(duplex=False)
+    outbox = Outbox(writer, capacity=1000, policy="block", log=logging.getLogger("t"),
+                    batch_max=4)
+    rows = [row(envelope(n)) for n in range(10)]
+    assert outbox.put_many([("a", rows[:6]), ("b", rows[6:9]), ("a", rows[9:])]) == []
+    got: list[tuple[str, list[int]]] = []
+    while sum(len(seqs) for _, seqs in got) < 10:
+        assert reader.poll(10), got
+        frame = reader.recv_bytes()
+        target = channel.frame_target(frame)
+        body = pickle.loads(frame[frame.index(b"\n") + 1:])
+        assert len(body) <= 4
+        got.append((target, [r[6] for r in body]))
+    outbox.close(5.0)
+    assert [s for t, seqs in got if t == "a" for s in seqs] == [0, 1, 2, 3, 4, 5, 9]
+    assert [s for t, seqs in got if t == "b" for s in seqs] == [6, 7, 8]
+    assert outbox.count == 0 and outbox.sent == 10
 
 
 def test_command_window_admits_size_then_busy_and_expires_in_order() -> None:
