@@ -87,6 +87,36 @@ def test_no_reconnect_or_retry_loop_under_transports() -> None:
     assert not found, f"use gateway.reconnect (LinkKeeper, retry) instead: {found}"
 
 
+#: what driving a store-and-forward buffer takes (gateway/buffer.py); outputs subclass
+#: gateway.buffered.BufferedOutput and give write(batch) instead
+BUFFER_DRIVING = {"StoreAndForward", "peek", "ack", "accept", "deliver_once"}
+
+
+def buffer_drivers(source: str) -> list[str]:
+    """Where ``source`` drives a store-and-forward buffer: imports or calls of its machinery."""
+    found = []
+    for node in ast.walk(ast.parse(source)):
+        if isinstance(node, ast.ImportFrom) and node.module == "gateway.buffer":
+            names = {a.name for a in node.names} & BUFFER_DRIVING
+            found += [f"line {node.lineno}: imports {n}" for n in sorted(names)]
+        if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and \
+                isinstance(node.func.value, ast.Attribute) and node.func.value.attr == "buffer" \
+                and node.func.attr in BUFFER_DRIVING | {"run", "open", "close"}:
+            found.append(f"line {node.lineno}: buffer.{node.func.attr}()")
+    return found
+
+
+def test_no_buffer_driver_under_transports() -> None:
+    found = {
+        str(path.relative_to(ROOT)): where
+        for path in sorted(TRANSPORTS.rglob("*.py"))
+        if (where := buffer_drivers(path.read_text()))
+    }
+    assert not found, f"subclass gateway.buffered.BufferedOutput instead: {found}"
+    # the check sees the driving it forbids (gateway/buffered.py is that driving)
+    assert buffer_drivers((ROOT / "gateway" / "buffered.py").read_text())
+
+
 @pytest.mark.parametrize("source", [
     # the loop DeviceTransport.run held before it moved to gateway/reconnect.py
     """

@@ -25,12 +25,12 @@ from collections.abc import Sequence
 from typing import TYPE_CHECKING, ClassVar
 
 from gateway.buffer import Rejected, SinkUnavailable
+from gateway.buffered import BufferedOutput
 from gateway.message import READING, Envelope
 from protocols import line_protocol
 from protocols.line_protocol import FieldValue
 from transports import register
 from transports.base import TransportContext
-from transports.buffered import BufferedOutput
 from transports.influxdb_settings import InfluxSettings
 
 if TYPE_CHECKING:

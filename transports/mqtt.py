@@ -19,11 +19,11 @@ from typing import Any, ClassVar
 
 from gateway.backoff import RepeatLog
 from gateway.buffer import SinkUnavailable
+from gateway.buffered import BufferedOutput
 from gateway.instance import mqtt_client_id
 from gateway.message import EVENT, READING, STATUS, Envelope, ValueSpec
 from transports import register
 from transports.base import TransportContext
-from transports.buffered import BufferedOutput
 from transports.mqtt_client import LinkOptions, Message, MqttLink
 from transports.mqtt_discovery import (
     MAX_SET_PAYLOAD,

@@ -1,5 +1,8 @@
 """Outputs with store-and-forward: the output says how to write a batch, this does the rest.
 
+Here, beside the buffer and the runner, not in transports/: an output module holds only what
+its sink needs (``pytests/test_reconnect.py`` fails if one drives the buffer itself).
+
 Why a base class and not a copy in each output: opening the buffer, accepting batches (on
 disk before the bridge's acknowledgement), the delivery loop with its backoff and its one
 failure/recovery log, waiting for the sink to be connected, draining on close: the same for
