@@ -17,8 +17,9 @@ Wire (one ``AF_UNIX``/``SOCK_SEQPACKET`` socket pair: message boundaries and des
   ``target`` is ``"module:function"``, called in the child as ``function(fds, *args)``;
 - reply: the child's pid (8 bytes) with one descriptor, the read end of its status pipe;
 - status pipe: 4 bytes when the child has exited, its code as multiprocessing reports one
-  (``-N`` for signal N); EOF without them means the server died (its children with it: they
-  have ``PR_SET_PDEATHSIG``), reported as ``-SIGKILL``.
+  (``-N`` for signal N); EOF without them means the server died (its children with it: each
+  sets ``PR_SET_PDEATHSIG`` first thing, and exits if the server was already gone), reported
+  as ``-SIGKILL``.
 
 The server ends when the supervisor's end of the socket closes, whatever killed it. It
 ignores SIGINT (Ctrl-C in a terminal reaches the whole process group: the supervisor orders
@@ -27,6 +28,8 @@ the shutdown), as multiprocessing's does.
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import gc
 import importlib
 import json
@@ -173,6 +176,15 @@ def serve(sock: socket.socket, preload: list[str]) -> None:
             _reap(status)  # a child that died at once
 
 
+def _die_with(server: int) -> None:
+    """In a new child: the kernel kills it when the server exits (``PR_SET_PDEATHSIG``), and a
+    server that exited before that was set (the race SUPERVISION.md names) ends it at once."""
+    with contextlib.suppress(OSError, AttributeError):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # 1: PR_SET_PDEATHSIG
+    if os.getppid() != server:
+        os._exit(70)
+
+
 def _reap(status: dict[int, int]) -> None:
     while status:
         try:
@@ -193,6 +205,7 @@ def _reap(status: dict[int, int]) -> None:
 def _fork(data: bytes, fds: list[int], sock: socket.socket, wake: tuple[int, int],
           status: dict[int, int]) -> tuple[int, int, int]:
     status_r, status_w = os.pipe()
+    server = os.getpid()
     pid = os.fork()
     if pid:
         for fd in fds:
@@ -201,6 +214,7 @@ def _fork(data: bytes, fds: list[int], sock: socket.socket, wake: tuple[int, int
     # the child: nothing of the server's may stay open or armed
     code = 1
     try:
+        _die_with(server)
         signal.set_wakeup_fd(-1)
         signal.signal(signal.SIGCHLD, signal.SIG_DFL)
         signal.signal(signal.SIGINT, signal.SIG_DFL)

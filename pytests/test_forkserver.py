@@ -15,7 +15,7 @@ from pathlib import Path
 import pytest
 
 from gateway.forkserver import ForkServer, ForkServerError
-from pytests.gateway_proc import GatewayProcess, children_of, cmdline, descendants
+from pytests.gateway_proc import GatewayProcess, alive, children_of, cmdline, descendants
 from pytests.helpers import wait_for
 
 TARGET = "pytests.test_forkserver:child"
@@ -74,7 +74,7 @@ def test_a_dead_server_is_an_error_and_its_children_report_killed(server: ForkSe
     server.process.wait(30)
     proc.join(30)  # EOF on its status pipe: the server can no longer tell
     assert proc.exitcode == -signal.SIGKILL
-    os.kill(proc.pid, signal.SIGKILL)  # this bare target set no parent-death signal
+    wait_for(lambda: not alive(proc.pid), timeout=30)  # the kernel ended it with its server
     with pytest.raises(ForkServerError):
         start(server, "ok")
 
