@@ -10,7 +10,7 @@ from __future__ import annotations
 import ast
 import asyncio
 import logging
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aiohttp
@@ -78,12 +78,14 @@ def retry_loops(source: str) -> list[str]:
     return found
 
 
+def under_transports(check: Callable[[str], list[str]]) -> dict[str, list[str]]:
+    """File -> what ``check`` finds in it, for every module under transports/."""
+    return {str(path.relative_to(ROOT)): where for path in sorted(TRANSPORTS.rglob("*.py"))
+            if (where := check(path.read_text()))}
+
+
 def test_no_reconnect_or_retry_loop_under_transports() -> None:
-    found = {
-        str(path.relative_to(ROOT)): where
-        for path in sorted(TRANSPORTS.rglob("*.py"))
-        if (where := retry_loops(path.read_text()))
-    }
+    found = under_transports(retry_loops)
     assert not found, f"use gateway.reconnect (LinkKeeper, retry) instead: {found}"
 
 
@@ -107,11 +109,7 @@ def buffer_drivers(source: str) -> list[str]:
 
 
 def test_no_buffer_driver_under_transports() -> None:
-    found = {
-        str(path.relative_to(ROOT)): where
-        for path in sorted(TRANSPORTS.rglob("*.py"))
-        if (where := buffer_drivers(path.read_text()))
-    }
+    found = under_transports(buffer_drivers)
     assert not found, f"subclass gateway.buffered.BufferedOutput instead: {found}"
     # the check sees the driving it forbids (gateway/buffered.py is that driving)
     assert buffer_drivers((ROOT / "gateway" / "buffered.py").read_text())
