@@ -31,7 +31,7 @@ import signal
 import threading
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from multiprocessing.connection import Connection
 from typing import Any
@@ -275,15 +275,20 @@ class Supervisor:
         self.start_slot(slot)
 
     # ----------------------------------------------------------------- routing
-    def _up_loop(self, slot: Slot, conn: Connection) -> None:
-        """Read one child's data frames and route them (may wait for a full target)."""
+    @staticmethod
+    def _frames(conn: Connection) -> Iterator[bytes]:
+        """A child's frames until its pipe closes (closed on our side too)."""
         while True:
             try:
-                frame = conn.recv_bytes()
+                yield conn.recv_bytes()
             except (EOFError, OSError):
                 with contextlib.suppress(OSError):
                     conn.close()
                 return
+
+    def _up_loop(self, slot: Slot, conn: Connection) -> None:
+        """Read one child's data frames and route them (may wait for a full target)."""
+        for frame in self._frames(conn):
             if frame[:1] == b"E":
                 if self.frame_tap is not None:
                     self.frame_tap(slot.name, frame)
@@ -293,13 +298,7 @@ class Supervisor:
 
     def _ctl_loop(self, slot: Slot, conn: Connection) -> None:
         """Read one child's heartbeats and acknowledgements; never waits for anything else."""
-        while True:
-            try:
-                frame = conn.recv_bytes()
-            except (EOFError, OSError):
-                with contextlib.suppress(OSError):
-                    conn.close()
-                return
+        for frame in self._frames(conn):
             self._control(slot, frame)
 
     def _control(self, slot: Slot, frame: bytes) -> None:

@@ -11,17 +11,14 @@ rapi_serial -> ``$SC`` -> the simulated charger, and the answer comes back to MQ
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import threading
 import time
 from pathlib import Path
 
-import paho.mqtt.client as mqtt
-
 from pytests.gateway_proc import GatewayProcess
-from pytests.helpers import free_port, wait_for
-from pytests.loadsharing_sites import ROOT, http
+from pytests.helpers import wait_for
+from pytests.loadsharing_sites import http
+from pytests.rigs import MqttListener, rapi_simulator
 from pytests.servers import Mosquitto
 
 GROUP_MAX = 16
@@ -58,26 +55,12 @@ class Sampler:
 
 
 def test_mqtt_set_above_the_allocation_never_raises_the_charger(tmp_path: Path) -> None:
-    rapi_port, control_port = free_port(), free_port()
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "simulators.rapi_device", "--mode", "tcp", "--tcp-port",
-         str(rapi_port), "--http-port", str(control_port), "--plugged"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
-    sampler = Sampler(control_port)
-    try:
-        with Mosquitto(tmp_path / "broker") as broker:
-            messages: dict[str, str] = {}
-            lock = threading.Lock()
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="ls-e2e")
-
-            def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-                with lock:
-                    messages[msg.topic] = msg.payload.decode(errors="replace")
-
-            client.on_message = on_message
-            client.connect("127.0.0.1", broker.port)
-            client.subscribe("pgw/#", qos=1)
-            client.loop_start()
+    with rapi_simulator() as (rapi_port, control_port), \
+            Mosquitto(tmp_path / "broker") as broker, \
+            MqttListener(broker.port, "ls-e2e") as listener:
+        sampler = Sampler(control_port)
+        try:
+            client, messages, lock = listener.client, listener.messages, listener.lock
             gw = GatewayProcess(tmp_path, f"""
 [openevse]
 transport = rapi_serial
@@ -158,9 +141,5 @@ base_topic = pgw
                 assert gw.transports()["loadsharing"]["state"] == "running"
             finally:
                 assert gw.stop() == 0
-                client.loop_stop()
-                client.disconnect()
-    finally:
-        sampler.stop.set()
-        sim.terminate()
-        sim.wait(10)
+        finally:
+            sampler.stop.set()

@@ -15,54 +15,39 @@ from __future__ import annotations
 
 import json
 import os
-import subprocess
-import sys
-import threading
 import time
 from pathlib import Path
 
 import paho.mqtt.client as mqtt
 
 from pytests.gateway_proc import GatewayProcess, read_jsonl
-from pytests.helpers import free_port, wait_for
+from pytests.helpers import wait_for
+from pytests.rigs import MqttListener, rapi_simulator
 from pytests.servers import Mosquitto
 
-ROOT = Path(__file__).resolve().parent.parent
 RATE = float(os.environ.get("PGW_FLOOD_RATE", "2000"))
 SECONDS = float(os.environ.get("PGW_FLOOD_SECONDS", "10"))
 
 
 def test_command_flood_stalls_nothing(tmp_path: Path) -> None:
-    rapi_port, control_port = free_port(), free_port()
-    sim = subprocess.Popen(
-        [sys.executable, "-m", "simulators.rapi_device", "--mode", "tcp", "--tcp-port",
-         str(rapi_port), "--http-port", str(control_port), "--plugged",
-         "--reply-delay", "0.02"],
-        cwd=ROOT, stdout=subprocess.DEVNULL, stderr=subprocess.STDOUT)
     out = tmp_path / "ticks.jsonl"
-    try:
-        with Mosquitto(tmp_path / "broker") as broker:
-            topics: set[str] = set()
-            answers: dict[str, int] = {}
-            results: dict[str, int] = {}
-            lock = threading.Lock()
-            client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="flood-test")
+    topics: set[str] = set()
+    answers: dict[str, int] = {}
+    results: dict[str, int] = {}
 
-            def on_message(_c: object, _u: object, msg: mqtt.MQTTMessage) -> None:
-                with lock:
-                    topics.add(msg.topic)
-                    if msg.topic.endswith("/result"):
-                        body = json.loads(msg.payload)
-                        rid = body.get("request_id", "")
-                        answers[rid] = answers.get(rid, 0) + 1
-                        results[body["result"]] = results.get(body["result"], 0) + 1
+    def on_message(msg: mqtt.MQTTMessage) -> None:  # called under the listener's lock
+        topics.add(msg.topic)
+        if msg.topic.endswith("/result"):
+            body = json.loads(msg.payload)
+            rid = body.get("request_id", "")
+            answers[rid] = answers.get(rid, 0) + 1
+            results[body["result"]] = results.get(body["result"], 0) + 1
 
-            client.on_message = on_message
-            client.max_queued_messages_set(0)
-            client.connect("127.0.0.1", broker.port)
-            client.subscribe("pgw/#", qos=1)
-            client.loop_start()
-            gw = GatewayProcess(tmp_path, f"""
+    with rapi_simulator("--reply-delay", "0.02") as (rapi_port, _control), \
+            Mosquitto(tmp_path / "broker") as broker, \
+            MqttListener(broker.port, "flood-test", on_message=on_message) as listener:
+        client = listener.client
+        gw = GatewayProcess(tmp_path, f"""
 [evse]
 transport = rapi_serial
 port = socket://127.0.0.1:{rapi_port}
@@ -84,42 +69,37 @@ bridge = out
 transport = jsonl_out
 path = {out}
 """, general="heartbeat_timeout = 10\n")
-            try:
-                topic = wait_for(lambda: next((t for t in list(topics)
-                                               if t.endswith("/pilot_current")), None),
-                                 timeout=60)
-                set_topic = f"pgw/{topic.split('/')[1]}/pilot_current/set"
-                client.publish(set_topic, json.dumps({"value": 10, "request_id": "warm"}), 1)
-                wait_for(lambda: "warm" in answers, timeout=30)
-                table = gw.transports()
-                total = int(RATE * SECONDS)
-                start = time.monotonic()
-                for i in range(total):
-                    client.publish(set_topic, json.dumps(
-                        {"value": 10 + i % 4, "request_id": f"flood-{i}"}), 0)
-                    delay = start + (i + 1) / RATE - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
-                sent_for = time.monotonic() - start
-                wanted = {f"flood-{i}" for i in range(total)}
-                wait_for(lambda: wanted <= set(answers), timeout=120 + 2 * SECONDS)
-                after = gw.transports()
-                for name, row in after.items():
-                    assert row["restarts"] == table[name]["restarts"] == 0, (name, row)
-                    assert row["state"] == "running", (name, row)
-                assert all(answers[rid] == 1 for rid in wanted), "a command answered twice"
-                assert results.get("ok", 0) >= 1, results
-                print(f"\n{total} commands in {sent_for:.1f} s: {results}")
-                ticks = wait_for(lambda: (r := read_jsonl(out)) and len(r) > 10 and r)
-            finally:
-                assert gw.stop() == 0
-                client.loop_stop()
-                client.disconnect()
-            numbers = [r["sequence"] for r in read_jsonl(out)
-                       if r["source_transport"] == "tick"]
-            assert len(numbers) >= len(ticks)
-            assert numbers == list(range(1, len(numbers) + 1)), "a reading of tick was lost"
-            assert "stuck" not in gw.log_text()
-    finally:
-        sim.terminate()
-        sim.wait(10)
+        try:
+            topic = wait_for(lambda: next((t for t in list(topics)
+                                           if t.endswith("/pilot_current")), None),
+                             timeout=60)
+            set_topic = f"pgw/{topic.split('/')[1]}/pilot_current/set"
+            client.publish(set_topic, json.dumps({"value": 10, "request_id": "warm"}), 1)
+            wait_for(lambda: "warm" in answers, timeout=30)
+            table = gw.transports()
+            total = int(RATE * SECONDS)
+            start = time.monotonic()
+            for i in range(total):
+                client.publish(set_topic, json.dumps(
+                    {"value": 10 + i % 4, "request_id": f"flood-{i}"}), 0)
+                delay = start + (i + 1) / RATE - time.monotonic()
+                if delay > 0:
+                    time.sleep(delay)
+            sent_for = time.monotonic() - start
+            wanted = {f"flood-{i}" for i in range(total)}
+            wait_for(lambda: wanted <= set(answers), timeout=120 + 2 * SECONDS)
+            after = gw.transports()
+            for name, row in after.items():
+                assert row["restarts"] == table[name]["restarts"] == 0, (name, row)
+                assert row["state"] == "running", (name, row)
+            assert all(answers[rid] == 1 for rid in wanted), "a command answered twice"
+            assert results.get("ok", 0) >= 1, results
+            print(f"\n{total} commands in {sent_for:.1f} s: {results}")
+            ticks = wait_for(lambda: (r := read_jsonl(out)) and len(r) > 10 and r)
+        finally:
+            assert gw.stop() == 0
+        numbers = [r["sequence"] for r in read_jsonl(out)
+                   if r["source_transport"] == "tick"]
+        assert len(numbers) >= len(ticks)
+        assert numbers == list(range(1, len(numbers) + 1)), "a reading of tick was lost"
+        assert "stuck" not in gw.log_text()
