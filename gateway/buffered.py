@@ -1,7 +1,7 @@
 """Outputs with store-and-forward: the output says how to write a batch, this does the rest.
 
 Here, beside the buffer and the runner, not in transports/: an output module holds only what
-its sink needs (``pytests/test_reconnect.py`` fails if one drives the buffer itself).
+its sink needs (``pytests/test_transport_rules.py`` fails if one drives the buffer itself).
 
 Why a base class and not a copy in each output: opening the buffer, accepting batches (on
 disk before the bridge's acknowledgement), the delivery loop with its backoff and its one
